@@ -114,3 +114,28 @@ def literal(value: Any) -> str:
     text = repr(value)
     ast.literal_eval(text)
     return text
+
+
+class Hyperparameters:
+    """Module-mode stand-in for the rendered script's Hyperparameters class.
+
+    Every declared hyperparameter, with the value of the recipe named by GOLF_RECIPE
+    (a YAML file; unset: the declared defaults) and the usual env-var overrides.
+    Lets `python -m packager.runtime.train` run without rendering.
+    """
+
+    def __init__(self) -> None:
+        import os
+
+        recipe = None
+        if os.environ.get("GOLF_RECIPE"):
+            import yaml
+
+            recipe = yaml.safe_load(Path(os.environ["GOLF_RECIPE"]).read_text())
+        hps = all_hparams()
+        values = resolve(recipe, hps)
+        for hp in hps:
+            if hp.env in os.environ:
+                values[hp.name] = hp.parse(os.environ[hp.env])
+        for name, value in values.items():
+            setattr(self, name, value)

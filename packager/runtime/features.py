@@ -19,7 +19,9 @@ def feature(name: str) -> bool:
 
     Only valid as the whole test of an `if` statement (optionally `not feature(..)`).
     Each runtime module lists the features it gates on in a module-level
-    `FEATURES = {"name": "meaning", ...}`; the renderer refuses unlisted names.
+    `FEATURES = {"name": ("meaning", "rule"), ...}`, the rule being an expression
+    over hyperparameter names that says when a recipe uses the feature; the
+    renderer refuses unlisted names.
     """
     return True
 

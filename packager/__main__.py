@@ -1,0 +1,3 @@
+from packager.cli import pack_main
+
+pack_main()

@@ -1,0 +1,188 @@
+"""Load and validate a recipe file; every mistake is one line naming file, line and key."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from packager.errors import UserError
+from packager.hparams import all_hparams, resolve
+from packager.recipe.schema import build_schema
+
+
+@dataclass
+class Recipe:
+    path: Path
+    text: str
+    data: dict  # the recipe as written
+    values: dict[str, Any]  # every hyperparameter, recipe value or default
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def identity(self) -> dict:
+        return self.data["identity"]
+
+    @property
+    def slug(self) -> str:
+        return self.identity.get("slug") or re.sub(r"[^A-Za-z0-9_.-]+", "_", self.identity["name"]).strip("_")
+
+    @property
+    def track(self) -> str:
+        return self.identity["track"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.data["seeds"])
+
+    def line_of(self, path: tuple) -> int | None:
+        """Line of the deepest key of `path` that the file has."""
+        for n in range(len(path), 0, -1):
+            if tuple(path[:n]) in self.lines:
+                return self.lines[tuple(path[:n])]
+        return None
+
+
+def _construct(node: yaml.Node, path: tuple, lines: dict, file: str) -> Any:
+    """Python value of a YAML node, recording the line of every mapping key."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            if not isinstance(key, str):
+                raise UserError(f"keys must be strings, got {key!r}", file, key_node.start_mark.line + 1)
+            if key in out:
+                raise UserError("duplicate key", file, key_node.start_mark.line + 1, ".".join(path + (key,)))
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, path + (key,), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            items.append(_construct(item, path + (i,), lines, file))
+        return items
+    # Scalars: let PyYAML's safe resolver type them (ints, floats, bools, null, strings).
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def parse_yaml(text: str, file: str) -> tuple[dict, dict]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"invalid YAML: {problem}", file, mark.line + 1 if mark else None) from None
+    if node is None:
+        raise UserError("empty recipe; expected a mapping with identity, model, train, ... sections", file)
+    if not isinstance(node, yaml.MappingNode):
+        raise UserError("a recipe must be a YAML mapping of sections", file, node.start_mark.line + 1)
+    lines: dict = {}
+    return _construct(node, (), lines, file), lines
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping", type(None): "nothing (null)"}
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(value, (list, dict)) \
+        else names[type(value)]
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "a boolean (true/false)", "object": "a mapping", "array": "a list"}
+
+
+def _schema_error(err: jsonschema.ValidationError, recipe_path: tuple, lines: dict, file: str) -> UserError:
+    path = tuple(err.absolute_path)
+    where = lines.get(path) or _nearest_line(path, lines)
+    dotted = ".".join(str(p) for p in path) or "(top level)"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        key = extra[0]
+        guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"expected one of: {', '.join(allowed)}"
+        full = ".".join(str(p) for p in path + (key,))
+        return UserError(f"unknown key; {hint}", file, lines.get(path + (key,)) or where, full)
+    if err.validator == "type":
+        kinds = [err.validator_value] if isinstance(err.validator_value, str) else err.validator_value
+        expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+        return UserError(f"expected {expected}, got {_describe(err.instance)}", file, where, dotted)
+    if err.validator == "enum":
+        opts = ", ".join(repr(o) for o in err.validator_value)
+        return UserError(f"expected one of {opts}, got {err.instance!r}", file, where, dotted)
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return UserError(f"missing required key {missing!r}", file, where, dotted)
+    return UserError(err.message, file, where, dotted)
+
+
+def _nearest_line(path: tuple, lines: dict) -> int | None:
+    for n in range(len(path), 0, -1):
+        if tuple(path[:n]) in lines:
+            return lines[tuple(path[:n])]
+    return None
+
+
+def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
+    """[(key path, message)] for rules between fields that a schema cannot express."""
+    v = recipe.values
+    out: list[tuple[str, str]] = []
+    if v["model_dim"] % v["num_heads"]:
+        out.append(("model.model_dim", f"model_dim {v['model_dim']} must be divisible by num_heads {v['num_heads']}"))
+    elif (v["model_dim"] // v["num_heads"]) % 2:
+        out.append(("model.num_heads", f"head_dim {v['model_dim'] // v['num_heads']} must be even for rotary embeddings"))
+    if v["num_heads"] % v["num_kv_heads"]:
+        out.append(("model.num_kv_heads", f"num_heads {v['num_heads']} must be divisible by num_kv_heads {v['num_kv_heads']}"))
+    span = 8 * v["train_seq_len"]
+    if v["train_batch_tokens"] % span:
+        out.append(("train.train_batch_tokens",
+                    f"train_batch_tokens {v['train_batch_tokens']} must be a multiple of 8 x train_seq_len = {span} "
+                    "(8 = world_size x grad_accum_steps)"))
+    if v["val_batch_size"] < span:
+        out.append(("train.val_batch_size", f"val_batch_size {v['val_batch_size']} must be at least 8 x train_seq_len = {span}"))
+    if v["logit_softcap"] <= 0:
+        out.append(("model.logit_softcap", "logit_softcap must be positive"))
+    match = re.search(r"sp(\d+)", Path(v["data_path"]).name)
+    if match and int(match.group(1)) != v["vocab_size"]:
+        out.append(("data.vocab_size", f"vocab_size {v['vocab_size']} does not match the dataset "
+                                       f"{Path(v['data_path']).name} (sp{match.group(1)})"))
+    match = re.search(r"_(\d+)_bpe", Path(v["tokenizer_path"]).name)
+    if match and int(match.group(1)) != v["vocab_size"]:
+        out.append(("data.vocab_size", f"vocab_size {v['vocab_size']} does not match the tokenizer "
+                                       f"{Path(v['tokenizer_path']).name}"))
+    if len(set(recipe.seeds)) != len(recipe.seeds):
+        out.append(("seeds", "seeds must be distinct"))
+    return out
+
+
+def load_recipe(path: str | Path, *, display: str | None = None) -> Recipe:
+    path = Path(path)
+    file = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("no such recipe file", file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe: {exc.__class__.__name__}", file) from None
+    data, lines = parse_yaml(text, file)
+    validator = jsonschema.Draft202012Validator(build_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (lines.get(tuple(e.absolute_path)) or 0, [str(p) for p in e.absolute_path]))
+    if errors:
+        raise _schema_error(errors[0], (), lines, file)
+    recipe = Recipe(path=path, text=text, data=data, values=resolve(data), lines=lines)
+    problems = cross_field_rules(recipe)
+    if problems:
+        key, message = problems[0]
+        raise UserError(message, file, recipe.line_of(tuple(key.split("."))), key)
+    return recipe

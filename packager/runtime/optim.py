@@ -1,0 +1,166 @@
+"""Muon for the block matrices, Adam for everything else, and the baseline's LR schedules.
+
+Follows the upstream root train_gpt.py: Newton-Schulz quintic orthogonalisation in bf16,
+round-robin work split over ranks with one all-reduced flat bf16 update buffer (fp32 on CPU), the
+embedding/head/matrix/scalar parameter split, and the wallclock-aware linear warmdown.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+
+from packager.runtime.features import HP
+from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
+from packager.runtime.system import maybe_compile
+
+FEATURES: dict[str, tuple[str, str]] = {}
+
+HPARAMS = (
+    HP("embed_lr", "EMBED_LR", "train.optimizer.embed_lr", float, 0.6, doc="Adam LR of an untied token embedding"),
+    HP("head_lr", "HEAD_LR", "train.optimizer.head_lr", float, 0.008, doc="Adam LR of an untied lm_head"),
+    HP("tied_embed_lr", "TIED_EMBED_LR", "train.optimizer.tied_embed_lr", float, 0.05, doc="Adam LR of a tied embedding"),
+    HP("matrix_lr", "MATRIX_LR", "train.optimizer.matrix_lr", float, 0.04, doc="Muon LR of 2-D block matrices"),
+    HP("scalar_lr", "SCALAR_LR", "train.optimizer.scalar_lr", float, 0.04, doc="Adam LR of vectors and control tensors"),
+    HP("muon_momentum", "MUON_MOMENTUM", "train.optimizer.muon_momentum", float, 0.95, doc="Muon momentum after warmup"),
+    HP("muon_backend_steps", "MUON_BACKEND_STEPS", "train.optimizer.muon_backend_steps", int, 5,
+       doc="Newton-Schulz iterations", minimum=1),
+    HP("muon_momentum_warmup_start", "MUON_MOMENTUM_WARMUP_START", "train.optimizer.muon_momentum_warmup_start", float,
+       0.85, doc="Muon momentum at step 0"),
+    HP("muon_momentum_warmup_steps", "MUON_MOMENTUM_WARMUP_STEPS", "train.optimizer.muon_momentum_warmup_steps", int,
+       500, doc="steps of linear Muon momentum warmup (0: none)", minimum=0),
+    HP("beta1", "BETA1", "train.optimizer.beta1", float, 0.9, doc="Adam beta1"),
+    HP("beta2", "BETA2", "train.optimizer.beta2", float, 0.95, doc="Adam beta2"),
+    HP("adam_eps", "ADAM_EPS", "train.optimizer.adam_eps", float, 1e-8, doc="Adam epsilon"),
+)
+
+
+def muon_dtype(device: torch.device) -> torch.dtype:
+    """Precision of Muon's orthogonalisation and update buffer: bf16 on CUDA, fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None) -> Tensor:
+    """Approximately orthogonalise a 2-D matrix (U V^T of its SVD) with a quintic
+    Newton-Schulz iteration. The tuned coefficients trade exactness for speed:
+    singular values land in roughly [0.7, 1.2], not exactly at 1. Runs in bf16 on CUDA
+    (as upstream) and fp32 on CPU, where small bf16 matmuls are ~100x slower."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.to(dtype or muon_dtype(G.device))
+    X = X / (X.norm() + eps)
+    tall = G.size(0) > G.size(1)
+    if tall:  # iterate on the wide orientation so X @ X.T is the small Gram matrix
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD-momentum (Nesterov by default) whose 2-D update is orthogonalised.
+
+    Distributed: rank r orthogonalises parameters r, r+W, r+2W, ...; updates meet in one
+    flat bf16 (CPU: fp32) buffer that is all-reduced, so every rank applies the same update.
+    `self.zeropower` may be replaced by a compiled version of the same function.
+    """
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        self.zeropower = zeropower_via_newtonschulz5
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        g, momentum = p.grad, group["momentum"]
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(g)
+        buf = state["momentum_buffer"]
+        buf.mul_(momentum).add_(g)
+        if group["nesterov"]:
+            g = g.add(buf, alpha=momentum)
+        g = self.zeropower(g, steps=group["backend_steps"])
+        # Tall matrices get a larger step so the per-element RMS matches square ones.
+        return g * max(1, g.size(0) / g.size(1)) ** 0.5
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                continue
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
+                               dtype=muon_dtype(params[0].device))
+            offsets = [0]
+            for i, p in enumerate(params):
+                if i % world == rank and p.grad is not None:
+                    flat[offsets[-1]: offsets[-1] + p.numel()] = self._update(p, group).reshape(-1)
+                offsets.append(offsets[-1] + p.numel())
+            if distributed:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for p, start in zip(params, offsets):
+                p.add_(flat[start: start + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+        return loss
+
+
+def adam_group(args, params: list, lr: float, device: torch.device) -> torch.optim.Adam:
+    return torch.optim.Adam(
+        [{"params": params, "lr": lr, "base_lr": lr}],
+        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
+    )
+
+
+def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer], Muon]:
+    """[token Adam, (untied head Adam), Muon, scalar Adam] and the Muon; groups carry base_lr.
+
+    Muon takes the 2-D block matrices; Adam at scalar_lr takes vectors, scalars, control
+    tensors and skip_weights. Every trainable parameter must land in exactly one optimizer.
+    """
+    device = model.tok_emb.weight.device
+    matrix, scalar = [], []
+    for name, p in model.blocks.named_parameters():
+        control = any(s in name for s in CONTROL_TENSOR_NAME_PATTERNS)
+        (matrix if p.ndim == 2 and not control else scalar).append(p)
+    if model.skip_weights.numel() > 0:
+        scalar.append(model.skip_weights)
+    token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
+    muon = Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps)
+    muon.param_groups[0]["base_lr"] = args.matrix_lr
+    muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
+    optimizers = [adam_group(args, [model.tok_emb.weight], token_lr, device), muon,
+                  adam_group(args, scalar, args.scalar_lr, device)]
+    if model.lm_head is not None:
+        optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
+    owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
+    if missing or len(owned) != len(set(owned)):
+        raise ValueError(f"optimizer split must cover each parameter once; unassigned: {missing}")
+    return optimizers, muon
+
+
+def lr_multiplier(args, step: int, elapsed_ms: float) -> float:
+    """LR scale: 1, then linear to 0 over the last warmdown_iters steps. With a wallclock cap
+    the warmdown is warmdown_iters * (mean step time so far) before the cap."""
+    if args.warmdown_iters <= 0:
+        return 1.0
+    if args.max_wallclock_seconds <= 0:
+        if max(args.iterations - args.warmdown_iters, 0) <= step < args.iterations:
+            return max((args.iterations - step) / max(args.warmdown_iters, 1), 0.0)
+        return 1.0
+    warmdown_ms = args.warmdown_iters * (elapsed_ms / max(step, 1))
+    remaining_ms = max(1000.0 * args.max_wallclock_seconds - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def muon_momentum_at(args, step: int) -> float:
+    """Muon momentum, linear from muon_momentum_warmup_start to muon_momentum."""
+    steps = args.muon_momentum_warmup_steps
+    frac = min(step / steps, 1.0) if steps > 0 else 1.0
+    return (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum

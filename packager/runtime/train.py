@@ -1,0 +1,276 @@
+"""The training entry point: setup, the wallclock-capped loop, export and final scoring."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import inspect
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from packager.runtime.bpb import build_sentencepiece_luts, eval_val
+from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
+from packager.hparams import Hyperparameters
+from packager.runtime.features import HP
+from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
+from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
+from packager.runtime.quant import check_export_args, export_label, export_model, import_model
+from packager.runtime.system import (
+    Logger, all_reduce_, autocast_ctx, device_description, free_log_path, maybe_compile,
+    python_version, setup_distributed, sync,
+)
+
+FEATURES: dict[str, str] = {}
+
+HPARAMS = (
+    HP("seed", "SEED", "seeds[0]", int, 1337, doc="first seed of the recipe; SEED=N runs another"),
+    HP("iterations", "ITERATIONS", "train.iterations", int, 20000, doc="step budget; the wallclock cap usually ends training first"),
+    HP("warmup_steps", "WARMUP_STEPS", "train.warmup_steps", int, 20, doc="compile/priming steps, undone before timing starts"),
+    HP("warmdown_iters", "WARMDOWN_ITERS", "train.warmdown_iters", int, 1200, doc="length of the linear LR decay to zero"),
+    HP("train_batch_tokens", "TRAIN_BATCH_TOKENS", "train.train_batch_tokens", int, 524288),
+    HP("train_seq_len", "TRAIN_SEQ_LEN", "train.train_seq_len", int, 1024),
+    HP("max_wallclock_seconds", "MAX_WALLCLOCK_SECONDS", "train.max_wallclock_seconds", float, 600.0,
+       doc="training stops at this much measured train time (0: no cap)"),
+    HP("val_loss_every", "VAL_LOSS_EVERY", "train.val_loss_every", int, 1000, doc="0: validate only at the end"),
+    HP("train_log_every", "TRAIN_LOG_EVERY", "train.train_log_every", int, 200),
+    HP("grad_clip_norm", "GRAD_CLIP_NORM", "train.grad_clip_norm", float, 0.0, doc="0: no clipping"),
+)
+
+# Stamped by the renderer so that every log names the recipe and tool that made the script.
+RECIPE_SHA256 = "unrendered"
+PACKAGER_VERSION = "dev"
+
+
+def hparams_dict(args) -> dict:
+    return {k: getattr(args, k) for k in sorted(dir(args)) if not k.startswith("_")}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def build_model(args, device: torch.device) -> GPT:
+    model = GPT(args).to(device)
+    if device.type == "cuda":
+        # bf16 activations everywhere, but matmul weights and small control tensors stay
+        # fp32 so the optimizers update full-precision values.
+        model = model.bfloat16()
+        for module in model.modules():
+            if isinstance(module, CastedLinear):
+                module.float()
+        restore_low_dim_params_to_fp32(model)
+    return model
+
+
+def wrap_ddp(model, device: torch.device, local_rank: int) -> DDP:
+    # The model's only buffers are RoPE tables every rank computes alike, so they are not
+    # re-broadcast each forward (torch >= 2.10 renamed the switch).
+    params = inspect.signature(DDP.__init__).parameters
+    quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DDP(model, device_ids=[local_rank] if device.type == "cuda" else None, **quiet)
+
+
+def train_step(args, model, loader, optimizers, grad_accum_steps: int, device, distributed: bool):
+    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    for micro in range(grad_accum_steps):
+        if distributed:
+            # Only the last micro-batch all-reduces gradients.
+            model.require_backward_grad_sync = micro == grad_accum_steps - 1
+        x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+        with autocast_ctx(device):
+            loss = model(x, y)
+        total += loss.detach()
+        (loss / grad_accum_steps).backward()
+    return total / grad_accum_steps
+
+
+def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0):
+    """Run warmup_steps real steps so compilation happens before the timer starts, then
+    restore the initial weights and optimizer state: timed training starts from init."""
+    init_model = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+    init_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    for i in range(args.warmup_steps):
+        train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
+        for opt in optimizers:
+            opt.step()
+        if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
+            log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
+    base_model.load_state_dict(init_model, strict=True)
+    for opt, state in zip(optimizers, init_opts):
+        opt.load_state_dict(state)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0):
+    """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
+    max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    train_ms, stop_after, step = 0.0, None, 0
+    sync(device)
+    t0 = time.perf_counter()
+    while True:
+        last = step == args.iterations or (stop_after is not None and step >= stop_after)
+        if last or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
+            # Validation time is not training time: stop the clock around it.
+            sync(device)
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            val_loss, val_bpb = eval_fn(model)
+            log0(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                 f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            sync(device)
+            t0 = time.perf_counter()
+        if last:
+            if stop_after is not None and step < args.iterations:
+                log0(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{args.iterations}")
+            return step, train_ms, stop_after is not None and step < args.iterations
+        scale = lr_multiplier(args, step, train_ms + 1000.0 * (time.perf_counter() - t0))
+        loss = train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
+        for group in muon.param_groups:
+            group["momentum"] = muon_momentum_at(args, step)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+        if args.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        step += 1
+        now_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after is not None):
+            log0(f"step:{step}/{args.iterations} train_loss:{loss.item():.4f} "
+                 f"train_time:{now_ms:.0f}ms step_avg:{now_ms / step:.2f}ms")
+        # Every rank must agree on the stop step, so the cap decision is all-reduced.
+        capped = torch.tensor(int(max_ms is not None and now_ms >= max_ms), device=device)
+        if distributed and max_ms is not None:
+            all_reduce_(capped, op=dist.ReduceOp.MAX)
+        if stop_after is None and bool(capped.item()):
+            stop_after = step
+
+
+def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0):
+    """Quantize + compress the trained weights, write the artifact, then load the model back
+    from the bytes on disk so the final score is the score of what would be shipped."""
+    size_label, _ = export_label(args)
+    blob, stats = export_model(args, base_model.state_dict())
+    path = out_dir / f"final_model.{size_label.split('+')[0]}.ptz"
+    if master:
+        path.write_bytes(blob)
+        log0(f"Serialized model {size_label}: {len(blob)} bytes "
+             f"(payload:{stats.get('payload_bytes', 0)} raw_torch:{stats.get('raw_bytes', 0)})")
+        log0(f"Code size: {code_bytes} bytes")
+        log0(f"Total submission size {size_label}: {len(blob) + code_bytes} bytes")
+    if distributed:
+        dist.barrier()
+    base_model.load_state_dict(import_model(args, path.read_bytes()), strict=True)
+    return len(blob)
+
+
+def main() -> None:
+    args = Hyperparameters()
+    # A missing compressor or a bad quantization setting must fail now, not after training.
+    check_export_args(args)
+    script = Path(__file__).resolve()
+    code = script.read_bytes()
+    distributed, rank, world_size, local_rank, device = setup_distributed()
+    master = rank == 0
+    grad_accum_steps = 8 // world_size
+    out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
+    log0 = Logger(free_log_path(out_dir, args.seed) if master else None, master)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    code_sha = hashlib.sha256(code).hexdigest()
+    log0(f"code_sha256:{code_sha} code_bytes:{len(code)}")
+    log0(f"recipe_sha256:{RECIPE_SHA256} packager:{PACKAGER_VERSION}")
+    log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
+    for name, value in hparams_dict(args).items():
+        log0(f"hparam {name}={value}")
+    seed_everything(args.seed)
+
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
+    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
+    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
+    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+    luts = build_sentencepiece_luts(sp, args.vocab_size, device)
+    log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
+    log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
+    log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
+
+    base_model = build_model(args, device)
+    compiled = maybe_compile(base_model, device, dynamic=False, fullgraph=True)
+    model = wrap_ddp(compiled, device, local_rank) if distributed else compiled
+    optimizers, muon = build_optimizers(args, base_model)
+    n_params = sum(p.numel() for p in base_model.parameters())
+    log0(f"model_params:{n_params}")
+    log0(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
+    log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    log0(f"seed:{args.seed}")
+
+    def eval_fn(m):
+        return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
+
+    if args.warmup_steps > 0:
+        loader = DistributedTokenLoader(train_files, rank, world_size, device)
+        prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0)
+    loader = DistributedTokenLoader(train_files, rank, world_size, device)
+    steps, train_ms, stopped_early = train(
+        args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0)
+    if device.type == "cuda":
+        log0(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+
+    t_export = time.perf_counter()
+    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
+    _, final_name = export_label(args)
+    sync(device)
+    t_eval = time.perf_counter()
+    val_loss, val_bpb = eval_fn(model)
+    sync(device)
+    eval_ms = 1000.0 * (time.perf_counter() - t_eval)
+    log0(f"final_{final_name}_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{eval_ms:.0f}ms")
+    log0(f"final_{final_name}_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+    total_eval_s = time.perf_counter() - t_export
+    log0(f"total_eval_time:{total_eval_s:.1f}s")
+    result = {
+        "seed": args.seed, "val_loss": val_loss, "val_bpb": val_bpb, "eval_path": f"final_{final_name}_roundtrip",
+        "roundtrip_val_loss": val_loss, "roundtrip_val_bpb": val_bpb,
+        "bytes_model": model_bytes, "bytes_code": len(code), "bytes_total": model_bytes + len(code),
+        "code_sha256": code_sha, "train_time_ms": round(train_ms), "eval_time_ms": round(eval_ms),
+        "total_eval_time_s": round(total_eval_s, 3), "steps": steps, "iterations": args.iterations,
+        "step_avg_ms": round(train_ms / max(steps, 1), 2), "stopped_early": stopped_early,
+        "world_size": world_size, "grad_accum_steps": grad_accum_steps, "model_params": n_params,
+        "val_tokens": val_tokens.numel() - 1, "device": device_description(device, world_size),
+        "torch": torch.__version__, "python": python_version(),
+        "packager_version": PACKAGER_VERSION, "recipe_sha256": RECIPE_SHA256,
+    }
+    log0("golf_result_json:" + json.dumps(result, sort_keys=True))
+    log0.close()
+    if distributed:
+        # Tear down together: a rank leaving early can abort gloo in its peer.
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

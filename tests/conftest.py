@@ -1,0 +1,31 @@
+"""Shared fixtures: the repo on sys.path, the tiny dataset, the shared corpus."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny dataset (tokenizer + shards), built once per test session."""
+    from packager.tinydata import build_tiny_dataset
+
+    out = tmp_path_factory.mktemp("tiny")
+    build_tiny_dataset(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def upstream_records() -> Path:
+    path = SHARED / "upstream-records"
+    if not path.is_dir():
+        pytest.skip("../shared/upstream-records is not present beside the repository")
+    return path
