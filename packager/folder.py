@@ -8,6 +8,7 @@ from pathlib import Path
 
 from packager import __version__
 from packager.render import render_script, third_party_requirements
+from packager.wrap import READABLE_NAME, wrap_lzma_b85
 
 TRACK_DIRS = {"10min_16mb": "track_10min_16mb", "non_record_16mb": "track_non_record_16mb"}
 
@@ -70,7 +71,7 @@ def readme_pending(recipe, script: str, date: str) -> str:
         f"| training | {v['train_batch_tokens']} tokens/step, seq len {v['train_seq_len']}, "
         f"{v['max_wallclock_seconds']:g} s cap, warmdown {v['warmdown_iters']} steps |",
         f"| export | {v.get('quant', 'int8')} + {v.get('compressor', 'zlib')} |",
-        f"| script | {script.count(chr(10))} lines, {len(script.encode())} bytes |",
+        f"| script | {script.count(chr(10))} lines, {len(script.encode())} bytes readable |",
         "",
     ]
     credits = ident.get("based_on") or []
@@ -91,8 +92,14 @@ def build_files(recipe, folder: Path) -> dict[str, bytes]:
     script = render_script(recipe)
     date = folder.name[:10]
     reqs = third_party_requirements(script)
-    return {
-        "train_gpt.py": script.encode("utf-8"),
+    files = {}
+    if recipe.data.get("code", {}).get("wrap", "none") == "lzma_b85":
+        files[READABLE_NAME] = script.encode("utf-8")
+        shipped = wrap_lzma_b85(script, script.splitlines()[0])
+    else:
+        shipped = script
+    return files | {
+        "train_gpt.py": shipped.encode("utf-8"),
         "submission.json": (json.dumps(submission_pending(recipe, date), indent=2) + "\n").encode(),
         "README.md": readme_pending(recipe, script, date).encode("utf-8"),
         "requirements.txt": ("\n".join(reqs) + "\n").encode(),

@@ -161,6 +161,12 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
     if match and int(match.group(1)) != v["vocab_size"]:
         out.append(("data.vocab_size", f"vocab_size {v['vocab_size']} does not match the tokenizer "
                                        f"{Path(v['tokenizer_path']).name}"))
+    if v.get("ttt_mode") == "pre_eval":
+        allowed = recipe.data.get("ttt", {}).get("allow_illegal_ttt", False)
+        if recipe.track != "non_record_16mb" or not allowed:
+            out.append(("ttt.mode", "pre_eval TTT trains on validation tokens before scoring them, which the "
+                                    "rules forbid; it renders only with identity.track non_record_16mb and "
+                                    "ttt.allow_illegal_ttt: true"))
     if len(set(recipe.seeds)) != len(recipe.seeds):
         out.append(("seeds", "seeds must be distinct"))
     return out

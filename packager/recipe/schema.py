@@ -51,8 +51,9 @@ CODE = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "wrap": {"enum": ["none"], "default": "none",
-                 "description": "none: train_gpt.py is the readable source"},
+        "wrap": {"enum": ["none", "lzma_b85"], "default": "none",
+                 "description": "none: train_gpt.py is the readable source; lzma_b85: train_gpt.py is "
+                                "self-extracting (lzma + base85) and train_gpt_readable.py holds the source"},
     },
 }
 
@@ -101,6 +102,11 @@ def build_schema() -> dict:
         if hp.path.startswith("seeds"):
             continue
         _insert(schema, hp.path.split("."), _hp_schema(hp))
+    schema["properties"]["ttt"]["properties"]["allow_illegal_ttt"] = {
+        "type": "boolean", "default": False,
+        "description": "must be true for ttt.mode pre_eval, which trains on validation tokens before "
+                       "scoring them: not allowed for records, only to reproduce illegal submissions "
+                       "(track non_record_16mb only)"}
     return schema
 
 
