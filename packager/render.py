@@ -314,14 +314,16 @@ def render_script(recipe, *, version: str = __version__) -> str:
         if chunk.module != current:
             current = chunk.module
             title = (docs.get(chunk.module) or chunk.module).rstrip(".")
-            body.append(f"# {'-' * 76}\n# {title}\n# {'-' * 76}\n")
+            body.append(f"\n# {'-' * 4} {title} {'-' * max(4, 90 - len(title))}\n")
         elif _is_constant(text) and _is_constant(body[-1]):
             # Runs of one-line constants stay together, like a config block.
             body[-1] = body[-1] + text
             continue
         body.append(text)
     body.append(guard or 'if __name__ == "__main__":\n    main()\n')
-    code = "\n\n".join(b.rstrip("\n") + "\n" for b in body)
+    # One blank line between definitions keeps the script compact (the 1500-line limit);
+    # each module's section opens with a banner after two.
+    code = "\n".join(b.rstrip("\n") + "\n" for b in body)
 
     used = _names_used(ast.parse(code))
     entries = _import_entries(imports)

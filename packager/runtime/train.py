@@ -21,10 +21,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from packager.runtime.bpb import build_sentencepiece_luts, eval_val
 from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
 from packager.hparams import Hyperparameters
-from packager.runtime.features import HP
+from packager.runtime.averaging import build_averager
+from packager.runtime.evaluate import Ledger, eval_sliding
+from packager.runtime.features import HP, feature
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
+from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
+from packager.runtime.ttt import eval_ttt
 from packager.runtime.system import (
     Logger, all_reduce_, autocast_ctx, device_description, free_log_path, maybe_compile,
     python_version, setup_distributed, sync,
@@ -119,10 +123,13 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
         opt.zero_grad(set_to_none=True)
 
 
-def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0):
+def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0,
+          averager=None):
     """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
     max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
     train_ms, stop_after, step = 0.0, None, 0
+    if feature("qat"):
+        qat_on = False
     sync(device)
     t0 = time.perf_counter()
     while True:
@@ -140,7 +147,13 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
             if stop_after is not None and step < args.iterations:
                 log0(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{args.iterations}")
             return step, train_ms, stop_after is not None and step < args.iterations
-        scale = lr_multiplier(args, step, train_ms + 1000.0 * (time.perf_counter() - t0))
+        elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_multiplier(args, step, elapsed_ms)
+        if feature("qat"):
+            if not qat_on and qat_active(args, step, elapsed_ms, scale):
+                qat_on = True
+                set_qat(base_model, True)
+                log0(f"qat:enabled step:{step} lr_scale:{scale:.4f}")
         loss = train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
         for group in muon.param_groups:
             group["momentum"] = muon_momentum_at(args, step)
@@ -154,6 +167,8 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         step += 1
+        if averager is not None:
+            averager.after_step(base_model, step, scale)
         now_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
         if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after is not None):
             log0(f"step:{step}/{args.iterations} train_loss:{loss.item():.4f} "
@@ -182,6 +197,18 @@ def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: 
         dist.barrier()
     base_model.load_state_dict(import_model(args, path.read_bytes()), strict=True)
     return len(blob)
+
+
+def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, float]:
+    """Run one final evaluation and log it in the upstream two-line format."""
+    sync(device)
+    t0 = time.perf_counter()
+    name, loss, bpb = fn()
+    sync(device)
+    ms = 1000.0 * (time.perf_counter() - t0)
+    log0(f"{name} val_loss:{loss:.4f} val_bpb:{bpb:.4f}{extra} eval_time:{ms:.0f}ms")
+    log0(f"{name}_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
+    return name, loss, bpb, ms
 
 
 def main() -> None:
@@ -218,6 +245,9 @@ def main() -> None:
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
     base_model = build_model(args, device)
+    if feature("qat"):
+        # Bit widths are fixed before compiling; only the on/off gate changes later.
+        log0(f"qat:layers:{configure_qat(args, base_model)} mlp:{args.qat_bits_mlp} attn:{args.qat_bits_attn}")
     compiled = maybe_compile(base_model, device, dynamic=False, fullgraph=True)
     model = wrap_ddp(compiled, device, local_rank) if distributed else compiled
     optimizers, muon = build_optimizers(args, base_model)
@@ -234,29 +264,40 @@ def main() -> None:
         loader = DistributedTokenLoader(train_files, rank, world_size, device)
         prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0)
     loader = DistributedTokenLoader(train_files, rank, world_size, device)
-    steps, train_ms, stopped_early = train(
-        args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0)
+    averager = build_averager(args, base_model)
+    steps, train_ms, stopped_early = train(args, model, base_model, optimizers, muon, loader, eval_fn,
+                                           grad_accum_steps, device, distributed, log0, averager)
     if device.type == "cuda":
         log0(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
              f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
 
+    if feature("qat"):
+        set_qat(base_model, False)  # export, reload and every final score see plain weights
+    if averager is not None:
+        log0(f"averaging:{averager.apply_to(base_model)}")
+
+    # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
-    _, final_name = export_label(args)
-    sync(device)
-    t_eval = time.perf_counter()
-    val_loss, val_bpb = eval_fn(model)
-    sync(device)
-    eval_ms = 1000.0 * (time.perf_counter() - t_eval)
-    log0(f"final_{final_name}_roundtrip val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{eval_ms:.0f}ms")
-    log0(f"final_{final_name}_roundtrip_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+    final_name = f"final_{export_label(args)[1]}_roundtrip"
+    paths = [timed_eval(device, log0, lambda: (final_name, *eval_fn(model)))]
+    ledger = Ledger(rank, val_tokens.numel())
+    if feature("sliding"):
+        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+    if feature("ttt"):
+        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
+        paths.append(timed_eval(device, log0, lambda: eval_ttt(
+            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+    ledger.write()
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
+    eval_path, val_loss, val_bpb, _ = paths[-1]
     result = {
-        "seed": args.seed, "val_loss": val_loss, "val_bpb": val_bpb, "eval_path": f"final_{final_name}_roundtrip",
-        "roundtrip_val_loss": val_loss, "roundtrip_val_bpb": val_bpb,
+        "seed": args.seed, "val_loss": val_loss, "val_bpb": val_bpb, "eval_path": eval_path,
+        "roundtrip_val_loss": paths[0][1], "roundtrip_val_bpb": paths[0][2],
         "bytes_model": model_bytes, "bytes_code": len(code), "bytes_total": model_bytes + len(code),
-        "code_sha256": code_sha, "train_time_ms": round(train_ms), "eval_time_ms": round(eval_ms),
+        "code_sha256": code_sha, "train_time_ms": round(train_ms), "eval_time_ms": round(sum(p[3] for p in paths)),
         "total_eval_time_s": round(total_eval_s, 3), "steps": steps, "iterations": args.iterations,
         "step_avg_ms": round(train_ms / max(steps, 1), 2), "stopped_early": stopped_early,
         "world_size": world_size, "grad_accum_steps": grad_accum_steps, "model_params": n_params,

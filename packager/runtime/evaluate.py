@@ -1,0 +1,133 @@
+"""Window-based final evaluation (sliding window) and the probe ledger.
+
+Windows are planned so that the scored spans tile the validation targets in order: every
+token is scored exactly once, each with the longest causal context the window length allows.
+The ledger records, only when GOLF_PROBE_DIR is set, what the legality probes need to check
+C1-C4: each score (token index and NLL), each TTT update (which tokens entered its loss) and
+full log-prob vectors at a few fixed tokens. Positions are indices into val_tokens of the
+predicted token; val_tokens[0] is context only and never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from packager.runtime.bpb import bits_per_byte, count_bytes
+from packager.runtime.features import HP, feature
+from packager.runtime.system import all_reduce_, autocast_ctx
+
+FEATURES = {
+    "sliding": ("score every validation token once, windows advancing by a stride", "sliding_stride > 0"),
+    "eval_seq_len": ("evaluation windows of their own length instead of train_seq_len", "eval_seq_len > 0"),
+}
+
+HPARAMS = (
+    HP("eval_seq_len", "EVAL_SEQ_LEN", "eval.seq_len", int, 0, feature="eval_seq_len",
+       doc="window length of the final evaluations (0: train_seq_len)", minimum=0),
+    HP("sliding_stride", "EVAL_STRIDE", "eval.sliding_stride", int, 0, feature="sliding",
+       doc="sliding-window stride; each window scores its last stride tokens (0: off)", minimum=0),
+    HP("eval_batch_seqs", "EVAL_BATCH_SEQS", "eval.batch_seqs", int, 32, feature="sliding",
+       doc="windows per forward pass in the sliding evaluation", minimum=1),
+)
+
+
+class Ledger:
+    """For the legality probes, only when GOLF_PROBE_DIR is set: per eval path and in order,
+    every score and TTT update, and full log-probs at GOLF_PROBE_SAMPLES fixed tokens."""
+
+    def __init__(self, rank: int, num_tokens: int):
+        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
+        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
+        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
+
+    def begin(self, name: str) -> None:
+        if self.dir:
+            self.runs.append({"name": name, "events": [], "logprobs": {}})
+
+    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
+        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
+            run, end = self.runs[-1], first + nll.numel()
+            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
+            for t in (t for t in self.samples if first <= t < end):
+                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
+
+    def step(self, spans: list, scopes: list | None = None) -> None:
+        # An update whose loss read tokens [lo, hi) of each span. What span i taught reaches only
+        # the scores of the tokens in scopes[i] (per-document adapters), or all of them (None).
+        if self.dir:
+            self.steps += 1
+            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
+
+    def write(self) -> None:
+        if self.dir:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
+                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+
+
+def rank_share(items: list, rank: int, world_size: int) -> list:
+    return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
+
+
+def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
+    """[(start, first scored, end)]: scored spans tile the targets [0, total) in order; every
+    window is min(window length, total) long and ends where its span ends."""
+    seq_len = stride = args.train_seq_len
+    if feature("eval_seq_len"):
+        seq_len = stride = args.eval_seq_len or seq_len
+    if feature("sliding"):
+        stride = args.sliding_stride or seq_len
+    if not 0 < stride <= seq_len:
+        raise ValueError(f"EVAL_STRIDE={stride} must be in 1..{seq_len} (the evaluation window length)")
+    end = min(seq_len, total)
+    wins = [(0, 0, end)]
+    while end < total:
+        nxt = min(end + stride, total)
+        wins.append((nxt - seq_len, end, nxt))
+        end = nxt
+    return wins
+
+
+def score_windows(model: nn.Module, wins: list, val_tokens: Tensor, luts, device, sums: Tensor,
+                  batch: int, ledger=None) -> None:
+    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`."""
+    for i in range(0, len(wins), batch):
+        part = wins[i : i + batch]
+        rows = torch.stack([val_tokens[s : e + 1] for s, _, e in part]).to(device=device, dtype=torch.int64)
+        x, y = rows[:, :-1], rows[:, 1:]
+        with torch.inference_mode(), autocast_ctx(device):
+            logits = model(x).float()
+            nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+            first = torch.tensor([a - s for s, a, _ in part], device=device)
+            mask = torch.arange(y.size(1), device=device)[None, :] >= first[:, None]
+            sums[0] += nll[mask].double().sum()
+            sums[1] += mask.sum()
+            sums[2] += count_bytes(x, y, luts)[mask].double().sum()
+        if ledger is not None:
+            for j, (s, a, _) in enumerate(part):
+                ledger.score(a + 1, nll[j, a - s :], logits[j, a - s :])
+
+
+def finish_scores(sums: Tensor) -> tuple[float, float]:
+    all_reduce_(sums)
+    loss, tokens, nbytes = sums.tolist()
+    return loss / tokens, bits_per_byte(loss, tokens, nbytes)
+
+
+def eval_sliding(args, model: nn.Module, rank: int, world_size: int, device: torch.device,
+                 val_tokens: Tensor, luts, ledger=None) -> tuple[float, float]:
+    """(val_loss, val_bpb) with every token scored once by a window ending just after it."""
+    if ledger is not None:
+        ledger.begin("sliding")
+    wins = rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    model.eval()
+    score_windows(model, wins, val_tokens, luts, device, sums, args.eval_batch_seqs, ledger)
+    model.train()
+    return finish_scores(sums)

@@ -1,0 +1,217 @@
+"""Sliding-window evaluation and the probe ledger (packager.runtime.evaluate)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from packager.hparams import make_args
+from packager.runtime.bpb import eval_val
+from packager.runtime.evaluate import Ledger, eval_sliding, eval_windows
+from packager.runtime.model import GPT
+
+CPU = torch.device("cpu")
+SEQ_LEN = 32
+VOCAB = 64
+BOS = 1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- shared with test_ttt
+
+def tiny_args(**overrides):
+    base = dict(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, vocab_size=VOCAB, train_seq_len=SEQ_LEN,
+                val_batch_size=8 * SEQ_LEN)
+    base.update(overrides)
+    return make_args(None, **base)
+
+
+def fake_luts():
+    """Byte tables for the synthetic vocab: ids < 4 are zero-byte boundary tokens."""
+    ids = torch.arange(VOCAB)
+    base = torch.where(ids < 4, 0, ids % 4 + 1).to(torch.int16)
+    return base, (ids % 3 == 0) & (ids >= 4), ids < 4
+
+
+def synthetic_tokens(n_tokens: int, seed: int, max_doc: int = 120) -> torch.Tensor:
+    """BOS-delimited documents, each a short random motif repeated with noise, so that more
+    context (and adaptation to the document) helps. Length n_tokens, starting with BOS."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    while len(out) < n_tokens:
+        length = int(torch.randint(12, max_doc, (1,), generator=g))
+        motif = torch.randint(4, VOCAB, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        doc = [BOS] + [motif[i % len(motif)] for i in range(length)]
+        for i in range(1, len(doc)):
+            if float(torch.rand((), generator=g)) < 0.1:
+                doc[i] = int(torch.randint(4, VOCAB, (1,), generator=g))
+        out += doc
+    return torch.tensor(out[:n_tokens], dtype=torch.int64).to(torch.uint16)
+
+
+def tiny_model(args, trained_steps: int = 0, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(args)
+    if trained_steps:
+        data = synthetic_tokens(40_000, seed=seed + 100).to(torch.int64)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(trained_steps):
+            starts = torch.randint(0, data.numel() - SEQ_LEN - 1, (16,), generator=g)
+            rows = torch.stack([data[s : s + SEQ_LEN + 1] for s in starts.tolist()])
+            loss = model(rows[:, :-1], rows[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+@functools.cache
+def trained_state():
+    """(args, state_dict) of a tiny GPT trained briefly on the synthetic distribution (once)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test one_thread
+    try:
+        args = tiny_args()
+        return args, tiny_model(args, trained_steps=120).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_model():
+    return trained_state()
+
+
+def read_ledger(folder: Path, rank: int = 0) -> dict:
+    return json.loads((folder / f"ledger_rank{rank}.json").read_text())
+
+
+def check_score_first(run: dict, num_tokens: int) -> None:
+    """Every token 1..num_tokens-1 is scored exactly once, and no step reads a token whose
+    score it could still change: every token it reads is scored already (token 0 is context
+    only), or lies outside the step's scope (per-document adapters)."""
+    seen = torch.zeros(num_tokens, dtype=torch.int64)
+    seen[0] = 1
+    for event in run["events"]:
+        if "score" in event:
+            a, b = event["score"]
+            assert len(event["nll"]) == b - a
+            seen[a:b] += 1
+            continue
+        scopes = event.get("scope") or [[0, num_tokens]] * len(event["tokens"])
+        for (lo, hi), (s0, s1) in zip(event["tokens"], scopes, strict=True):
+            lo, hi = max(lo, s0), min(hi, s1)
+            assert lo >= hi or bool((seen[lo:hi] > 0).all()), f"step {event['step']} reads unscored tokens in [{lo}, {hi})"
+    assert bool((seen == 1).all()), "every token must be scored exactly once"
+
+
+def scored_nll(run: dict, num_tokens: int) -> torch.Tensor:
+    out = torch.full((num_tokens,), float("nan"), dtype=torch.float64)
+    for event in run["events"]:
+        if "score" in event:
+            a, b = event["score"]
+            out[a:b] = torch.tensor(event["nll"], dtype=torch.float64)
+    return out
+
+
+# ---------------------------------------------------------------- windows
+
+@pytest.mark.parametrize("total,seq_len,stride", [(100, 32, 16), (96, 32, 32), (200, 32, 7), (20, 32, 8), (33, 32, 1)])
+def test_windows_tile_targets_with_longest_context(total, seq_len, stride):
+    args = tiny_args(train_seq_len=seq_len, sliding_stride=stride)
+    wins = eval_windows(args, total)
+    pos = 0
+    for i, (start, first, end) in enumerate(wins):
+        assert first == pos and end > first and end - start == min(seq_len, total)
+        assert start >= 0 and (i == 0 or first - start >= seq_len - stride)
+        pos = end
+    assert pos == total
+
+
+def test_window_length_follows_eval_seq_len_and_bad_stride_is_refused():
+    wins = eval_windows(tiny_args(eval_seq_len=64, sliding_stride=16), 300)
+    assert {e - s for s, _, e in wins} == {64}
+    with pytest.raises(ValueError, match="EVAL_STRIDE=40"):
+        eval_windows(tiny_args(sliding_stride=40), 300)
+
+
+# ---------------------------------------------------------------- eval_sliding
+
+def test_stride_equal_to_seq_len_matches_eval_val(trained_model):
+    args, state = trained_model
+    args = tiny_args(sliding_stride=SEQ_LEN, eval_batch_seqs=5)
+    model = GPT(args)
+    model.load_state_dict(state)
+    tokens = synthetic_tokens(SEQ_LEN * 40 + 1, seed=7)
+    ref = eval_val(args, model, 0, 1, CPU, 1, tokens, fake_luts())
+    got = eval_sliding(args, model, 0, 1, CPU, tokens, fake_luts())
+    assert got == pytest.approx(ref, rel=1e-6)
+
+
+def test_smaller_stride_lowers_loss_on_trained_model(trained_model):
+    args, state = trained_model
+    tokens = synthetic_tokens(SEQ_LEN * 40 + 1, seed=8)
+    losses = []
+    for stride in (SEQ_LEN, 8):
+        a = tiny_args(sliding_stride=stride)
+        model = GPT(a)
+        model.load_state_dict(state)
+        losses.append(eval_sliding(a, model, 0, 1, CPU, tokens, fake_luts()))
+    (plain_loss, plain_bpb), (slide_loss, slide_bpb) = losses
+    assert slide_loss < plain_loss - 0.01 and slide_bpb < plain_bpb
+    # bpb = loss / ln2 * tokens / bytes with the same tokens and bytes either way.
+    assert slide_loss / slide_bpb == pytest.approx(plain_loss / plain_bpb, rel=1e-9)
+
+
+def test_ledger_sees_every_token_once_with_normalized_logprobs(trained_model, tmp_path, monkeypatch):
+    args, state = trained_model
+    args = tiny_args(sliding_stride=8, eval_batch_seqs=7)
+    model = GPT(args)
+    model.load_state_dict(state)
+    tokens = synthetic_tokens(SEQ_LEN * 20 + 1, seed=9)
+    monkeypatch.setenv("GOLF_PROBE_DIR", str(tmp_path))
+    monkeypatch.setenv("GOLF_PROBE_SAMPLES", "3")
+    ledger = Ledger(0, tokens.numel())
+    loss, _ = eval_sliding(args, model, 0, 1, CPU, tokens, fake_luts(), ledger)
+    ledger.write()
+    data = read_ledger(tmp_path)
+    assert data["rank"] == 0 and len(data["samples"]) == 3 and [r["name"] for r in data["runs"]] == ["sliding"]
+    run = data["runs"][0]
+    check_score_first(run, tokens.numel())
+    nll = scored_nll(run, tokens.numel())[1:]
+    assert float(nll.mean()) == pytest.approx(loss, rel=1e-9)
+    # A sampled token's log-probs sum to one and give back its scored NLL.
+    ids = tokens.to(torch.int64)
+    for t, logp in run["logprobs"].items():
+        logp = torch.tensor(logp, dtype=torch.float64)
+        assert logp.numel() == VOCAB and float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-9)
+        assert float(-logp[ids[int(t)]]) == pytest.approx(float(nll[int(t) - 1]), abs=1e-5)
+    assert sorted(map(int, run["logprobs"])) == data["samples"]
+    # Positions are indices of the predicted token: recompute one window's span directly.
+    start, first, end = eval_windows(args, tokens.numel() - 1)[5]
+    with torch.no_grad():
+        direct = F.cross_entropy(model(ids[start:end][None])[0], ids[start + 1 : end + 1], reduction="none")
+    assert torch.allclose(nll[first:end], direct[first - start :].double(), atol=1e-5)
+
+
+def test_ledger_is_inert_without_probe_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("GOLF_PROBE_DIR", raising=False)
+    ledger = Ledger(0, 100)
+    ledger.begin("x")
+    ledger.score(1, torch.zeros(3), torch.zeros(3, VOCAB))
+    ledger.step([(0, 4)])
+    ledger.write()
+    assert ledger.runs == [] and ledger.steps == 0 and not list(tmp_path.iterdir())

@@ -1,0 +1,325 @@
+"""Test-time training variants (packager.runtime.ttt): score-first legality via the probe ledger."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from packager.runtime.bpb import eval_val
+from packager.runtime.evaluate import Ledger, eval_sliding
+from packager.runtime.model import GPT
+from packager.runtime.ttt import cosine_lr, eval_ttt, sgd_setup, ttt_epoch, two_phase_params
+from tests.test_evaluate import (
+    BOS, CPU, SEQ_LEN, VOCAB, check_score_first, fake_luts, read_ledger, scored_nll, synthetic_tokens, tiny_args,
+    trained_state,
+)
+
+N_TOKENS = SEQ_LEN * 40 + 1  # 1281 tokens: 5 TTT chunks of 256 targets
+COMMON = dict(sliding_stride=16, ttt_chunk_tokens=256, ttt_batch_seqs=4, ttt_grad_clip=1.0)
+MODES = {
+    "lora": dict(ttt_mode="lora", ttt_chunk_len=16, ttt_batch_docs=3, ttt_lora_rank=4, ttt_lora_lr=0.02,
+                 ttt_lora_targets="q,k,v,o,fc,proj,head"),
+    "chunked": dict(ttt_mode="chunked", ttt_epochs=2, ttt_lr=0.02, ttt_cosine=True, ttt_freeze_blocks=1),
+    "two_phase": dict(ttt_mode="two_phase", ttt_phase1_epochs=2, ttt_phase1_lr=0.01, ttt_phase2_epochs=2, ttt_cosine=True,
+                      ttt_phase2_lr=0.01, ttt_phase2_last_k=1),
+    "pre_eval": dict(ttt_mode="pre_eval", ttt_epochs=2, ttt_lr=0.02, ttt_allow_illegal=True),
+}
+LABELS = {"lora": "final_ttt_lora", "chunked": "legal_ttt", "two_phase": "final_ttt_two_phase",
+          "pre_eval": "final_ttt_pre_eval"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_model():
+    return trained_state()
+
+
+def document_spans(tokens: torch.Tensor) -> list[tuple[int, int]]:
+    """Target spans [lo, hi) of the BOS-delimited documents (each predicts the next BOS)."""
+    cuts = [i for i, t in enumerate(tokens[:-1].tolist()) if t == BOS or i == 0] + [tokens.numel() - 1]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def ttt_args(mode: str, **overrides):
+    return tiny_args(**{**COMMON, **MODES[mode], **overrides})
+
+
+def run_ttt(args, state, tokens, probe_dir: Path, monkeypatch, rank=0, world_size=1):
+    """(label, loss, bpb, ledger run, log lines, model after)."""
+    monkeypatch.setenv("GOLF_PROBE_DIR", str(probe_dir))
+    model = GPT(args)
+    model.load_state_dict(state)
+    logs: list[str] = []
+    ledger = Ledger(rank, tokens.numel())
+    label, loss, bpb = eval_ttt(args, model, rank, world_size, CPU, tokens, fake_luts(), logs.append, ledger)
+    ledger.write()
+    runs = read_ledger(probe_dir, rank)["runs"]
+    assert len(runs) == 1
+    return label, loss, bpb, runs[0], logs, model
+
+
+# ---------------------------------------------------------------- every variant
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_causality_legal_variants_and_pre_eval_breaks_it(mode, trained_model, tmp_path, monkeypatch):
+    """C1 + C3: changing the tokens after P leaves every score up to P bit-identical for the
+    legal variants; pre-eval TTT reads them before scoring, and its earlier scores move."""
+    _, state = trained_model
+    args = ttt_args(mode)
+    tokens = synthetic_tokens(N_TOKENS, seed=11)
+    p = 700
+    changed = tokens.to(torch.int64).clone()
+    tail = changed[p + 1 :]
+    changed[p + 1 :] = torch.where(tail == BOS, tail, (tail - 4 + 17) % (VOCAB - 4) + 4)
+    changed = changed.to(torch.uint16)
+    assert document_spans(tokens) == document_spans(changed)  # same documents, so same LoRA batches
+    label, loss, bpb, run, _, _ = run_ttt(args, state, tokens, tmp_path / "a", monkeypatch)
+    _, _, _, run_b, _, _ = run_ttt(args, state, changed, tmp_path / "b", monkeypatch)
+    assert label == LABELS[mode] and bpb > 0
+    before = scored_nll(run, N_TOKENS)[1 : p + 1]
+    after = scored_nll(run_b, N_TOKENS)[1 : p + 1]
+    assert not bool(before.isnan().any())
+    if mode == "pre_eval":
+        assert not torch.equal(before, after)
+        assert "step" in run["events"][0], "pre-eval TTT steps before its first score"
+        return
+    assert torch.equal(before, after)
+    check_score_first(run, N_TOKENS)
+    assert loss == pytest.approx(float(scored_nll(run, N_TOKENS)[1:].mean()), rel=1e-9)
+
+
+# ---------------------------------------------------------------- LoRA
+
+def test_lora_keeps_base_weights_and_never_trains_a_last_chunk(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    args = ttt_args("lora")
+    tokens = synthetic_tokens(N_TOKENS, seed=12)
+    label, loss, _, run, _, model = run_ttt(args, state, tokens, tmp_path, monkeypatch)
+    after = model.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
+    assert all(not m._forward_hooks for m in model.modules()) and all(p.requires_grad for p in model.parameters())
+    check_score_first(run, N_TOKENS)
+    docs = document_spans(tokens.to(torch.int64))
+    steps = [(span, scope) for e in run["events"] if "step" in e for span, scope in zip(e["tokens"], e["scope"])]
+    assert steps, "LoRA TTT took no step"
+    for (lo, hi), scope in steps:
+        doc = next(d for d in docs if d[0] <= lo < d[1])
+        last_chunk_first = doc[0] + (doc[1] - doc[0] - 1) // args.ttt_chunk_len * args.ttt_chunk_len
+        # The span reads tokens lo..hi-1: the document's own (its BOS is token doc[0]) and no
+        # target of its last chunk (predicted tokens last_chunk_first+1..); the update reaches
+        # only the document's own scores.
+        assert doc[0] <= lo and hi - 1 <= last_chunk_first, (lo, hi, doc)
+        assert scope == [doc[0] + 1, doc[1] + 1]
+    still = run_ttt(ttt_args("lora", ttt_lora_lr=0.0), state, tokens, tmp_path / "z", monkeypatch)[1]
+    assert loss != still
+
+
+def test_lora_without_learning_is_document_isolated_scoring(trained_model, tmp_path, monkeypatch):
+    """lr 0: every document (shorter than the window) scores as one forward over itself."""
+    _, state = trained_model
+    args = ttt_args("lora", ttt_lora_lr=0.0)
+    tokens = synthetic_tokens(N_TOKENS, seed=13, max_doc=SEQ_LEN - 2)
+    _, loss, _, _, _, model = run_ttt(args, state, tokens, tmp_path, monkeypatch)
+    ids = tokens.to(torch.int64)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for lo, hi in document_spans(ids):
+            assert hi - lo <= SEQ_LEN
+            total += float(F.cross_entropy(model(ids[lo:hi][None])[0], ids[lo + 1 : hi + 1], reduction="sum"))
+            count += hi - lo
+    assert count == N_TOKENS - 1 and loss == pytest.approx(total / count, rel=1e-6)
+
+
+def test_lora_rejects_unknown_targets(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    with pytest.raises(ValueError, match="TTT_LORA_TARGETS='q,zz': choose from"):
+        run_ttt(ttt_args("lora", ttt_lora_targets="q,zz"), state, synthetic_tokens(200, 1), tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- chunked
+
+def test_chunked_scores_each_chunk_before_training_on_it(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    args = ttt_args("chunked")
+    tokens = synthetic_tokens(N_TOKENS, seed=14)
+    label, loss, bpb, run, _, model = run_ttt(args, state, tokens, tmp_path, monkeypatch)
+    check_score_first(run, N_TOKENS)
+    after = model.state_dict()
+    frozen = [k for k in state if k.startswith("blocks.0.")]
+    assert frozen and all(torch.equal(after[k], state[k]) == (k in frozen) for k in state), "TTT_FREEZE_BLOCKS=1"
+    assert all(p.requires_grad for p in model.parameters())
+    steps = [e for e in run["events"] if "step" in e]
+    chunks = (N_TOKENS - 1 + 255) // 256
+    rows = 256 // SEQ_LEN
+    assert len(steps) == (chunks - 1) * args.ttt_epochs * (rows // args.ttt_batch_seqs)
+    last_first = (chunks - 1) * 256  # first target of the last chunk: token last_first + 1
+    assert max(hi for e in steps for _, hi in e["tokens"]) == last_first + 1
+    # No training at all: exactly the sliding evaluation.
+    plain = run_ttt(ttt_args("chunked", ttt_epochs=0), state, tokens, tmp_path / "p", monkeypatch)
+    model = GPT(args)
+    model.load_state_dict(state)
+    assert plain[1:3] == eval_sliding(args, model, 0, 1, CPU, tokens, fake_luts())
+    assert not [e for e in plain[3]["events"] if "step" in e]
+    assert (loss, bpb) != plain[1:3]
+    # Without a sliding window, chunks are scored by plain train_seq_len windows, as eval_val does.
+    flat = run_ttt(ttt_args("chunked", ttt_epochs=0, sliding_stride=0), state, tokens, tmp_path / "f", monkeypatch)
+    assert flat[1:3] == pytest.approx(eval_val(args, model, 0, 1, CPU, 1, tokens, fake_luts()), rel=1e-6)
+
+
+def test_cosine_lr_and_frozen_blocks():
+    assert [round(cosine_lr(0.4, i, 4, True), 6) for i in range(5)] == [0.4, 0.341421, 0.2, 0.058579, 0.0]
+    assert cosine_lr(0.4, 3, 4, False) == 0.4
+    args = ttt_args("chunked")
+    params, _ = sgd_setup(args, GPT(args))
+    assert len(params) == len(list(GPT(args).parameters())) - len(list(GPT(args).blocks[0].parameters()))
+
+
+# ---------------------------------------------------------------- two-phase
+
+def test_two_phase_counts_parameters_and_logs_them(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    args = ttt_args("two_phase")
+    model = GPT(args)
+    phase1, phase2, head = two_phase_params(args, model)
+    dim, heads = 32, 2
+    per_block = heads + dim + dim + 2 * dim  # q_gain, attn_scale, mlp_scale, resid_mix
+    assert sum(p.numel() for p in phase1) == 2 * per_block + dim  # + skip_weights (1 x dim)
+    last_block = sum(p.numel() for p in model.blocks[1].parameters())
+    assert sum(p.numel() for p in phase2) == last_block + per_block + dim + VOCAB * dim
+    assert head == "tok_emb (tied embeddings)" and any(p is model.tok_emb.weight for p in phase2)
+    everything = two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=5), model)[1]
+    assert {id(p) for p in everything} == {id(p) for p in model.parameters()}
+    assert len(two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=0), model)[1]) == len(phase1) + 1
+    untied = tiny_args(**{**COMMON, **MODES["two_phase"], "tie_embeddings": False})
+    assert two_phase_params(untied, GPT(untied))[2] == "lm_head"
+    _, _, _, run, logs, _ = run_ttt(args, state, synthetic_tokens(N_TOKENS, seed=15), tmp_path, monkeypatch)
+    line = next(l for l in logs if l.startswith("ttt_two_phase:"))
+    assert f"phase1 tensors:{len(phase1)} params:{2 * per_block + dim} " in line and "head:tok_emb" in line
+    check_score_first(run, N_TOKENS)
+
+
+def test_two_phase_phase1_trains_only_scalars(trained_model):
+    _, state = trained_model
+    args = ttt_args("two_phase")
+    model = GPT(args)
+    model.load_state_dict(state)
+    phase1, _, _ = two_phase_params(args, model)
+    ids = {id(p) for p in phase1}
+    opt = torch.optim.Adam(phase1, lr=0.01)
+    ttt_epoch(args, model, phase1, opt, synthetic_tokens(N_TOKENS, seed=16), 0, 256, 0, 1, CPU)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, state[name]) != (id(p) in ids), name
+
+
+def test_two_phase_refuses_a_phase_without_parameters():
+    class NoScalars(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_emb = nn.Embedding(VOCAB, 8)
+            self.blocks = nn.ModuleList([nn.Linear(8, 8, bias=False)])
+            self.lm_head = None
+
+    args = ttt_args("two_phase")
+    with pytest.raises(ValueError, match="phase 1 selects no parameters"):
+        two_phase_params(args, NoScalars())
+    assert two_phase_params(ttt_args("two_phase", ttt_phase1_epochs=0), NoScalars())[0] == []
+
+
+# ---------------------------------------------------------------- pre-eval (illegal)
+
+def test_pre_eval_needs_the_illegal_flag_and_warns(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=17)
+    with pytest.raises(ValueError, match="allow_illegal_ttt"):
+        run_ttt(ttt_args("pre_eval", ttt_allow_illegal=False), state, tokens, tmp_path, monkeypatch)
+    _, _, _, run, logs, _ = run_ttt(ttt_args("pre_eval"), state, tokens, tmp_path / "ok", monkeypatch)
+    assert any("WARNING" in l and "not allowed" in l for l in logs)
+    first_score = next(i for i, e in enumerate(run["events"]) if "score" in e)
+    assert first_score > 0 and all("step" in e for e in run["events"][:first_score])
+
+
+def test_unbuilt_mode_is_an_error(trained_model):
+    _, state = trained_model
+    args = ttt_args("chunked", ttt_mode="none")
+    with pytest.raises(ValueError, match="TTT_MODE='none'"):
+        eval_ttt(args, GPT(args), 0, 1, CPU, synthetic_tokens(200, 1), fake_luts(), print)
+
+
+# ---------------------------------------------------------------- two ranks (gloo)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank, world, port, out, state, tokens):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GOLF_PROBE_DIR=str(out))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        for mode in ("chunked", "lora"):
+            args = ttt_args(mode)
+            model = GPT(args)
+            model.load_state_dict(state)
+            ledger = Ledger(rank, tokens.numel())
+            results[mode] = eval_ttt(args, model, rank, world, CPU, tokens, fake_luts(), lambda m: None, ledger)
+            (Path(out) / mode).mkdir(exist_ok=True)
+            ledger.dir = str(Path(out) / mode)
+            ledger.write()
+        (Path(out) / f"result{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_agree_and_match_one(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=18)
+    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path), state, tokens), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1
+    # One rank with the same global batch (2 x 4 rows per step) gives the same numbers.
+    single = run_ttt(ttt_args("chunked", ttt_batch_seqs=8), state, tokens, tmp_path / "one", monkeypatch)
+    assert r0["chunked"][0] == "legal_ttt" and r0["chunked"][1:] == pytest.approx(single[1:3], rel=1e-5)
+    lora = run_ttt(ttt_args("lora"), state, tokens, tmp_path / "one_lora", monkeypatch)
+    assert r0["lora"][1:] == pytest.approx(lora[1:3], rel=1e-5)
+    # Merged ledgers: every token scored once over both ranks; each collective step numbered
+    # alike on both ranks reads only tokens some rank scored before taking it.
+    runs = [read_ledger(tmp_path / "chunked", r)["runs"][0] for r in (0, 1)]
+    assert [e for e in runs[0]["events"] if "step" in e] == [e for e in runs[1]["events"] if "step" in e]
+    seen = torch.zeros(N_TOKENS, dtype=torch.int64)
+    for run in runs:
+        for e in run["events"]:
+            if "score" in e:
+                seen[e["score"][0] : e["score"][1]] += 1
+    assert bool((seen[1:] == 1).all())
+    scored_by_step: dict[int, set] = {}
+    for run in runs:
+        done: set = {0}
+        for e in run["events"]:
+            if "score" in e:
+                done.update(range(*e["score"]))
+            else:
+                scored_by_step.setdefault(e["step"], set()).update(done)
+    for e in runs[0]["events"]:
+        if "step" in e:
+            for lo, hi in e["tokens"]:
+                assert set(range(lo, hi)) <= scored_by_step[e["step"]]
