@@ -52,6 +52,15 @@ def readme_pending(recipe, script: str, date: str) -> str:
         "**Results: pending.** No training logs are in this folder yet. Run the command below once",
         "per seed, then `golf-pack` on this folder to fill in the results.",
         "",
+    ]
+    if v.get("ttt_mode") == "pre_eval":
+        lines += [
+            "> **Not allowed for records.** This recipe's pre-eval test-time training trains on the",
+            "> validation tokens before scoring them, which the challenge rules forbid. It exists only",
+            "> to reproduce an illegal submission so that `golf-verify` can be shown to reject it.",
+            "",
+        ]
+    lines += [
         "## Run",
         "",
         "```bash",
@@ -70,7 +79,9 @@ def readme_pending(recipe, script: str, date: str) -> str:
         f"| vocabulary | {v['vocab_size']} ({Path(v['tokenizer_path']).name}), tied embeddings: {v['tie_embeddings']} |",
         f"| training | {v['train_batch_tokens']} tokens/step, seq len {v['train_seq_len']}, "
         f"{v['max_wallclock_seconds']:g} s cap, warmdown {v['warmdown_iters']} steps |",
-        f"| export | {v.get('quant', 'int8')} + {v.get('compressor', 'zlib')} |",
+        f"| export | {v.get('quant_scheme', 'int8')} + {v['compressor']} (level {v['compress_level']}) |",
+        f"| evaluation | {'sliding window, stride ' + str(v['sliding_stride']) if v.get('sliding_stride') else 'full split'}"
+        f"{', TTT ' + v['ttt_mode'] if v.get('ttt_mode', 'none') != 'none' else ''} |",
         f"| script | {script.count(chr(10))} lines, {len(script.encode())} bytes readable |",
         "",
     ]

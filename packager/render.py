@@ -260,7 +260,7 @@ def _import_block(lines: Iterable[str]) -> str:
 
 
 def _is_constant(text: str) -> bool:
-    lines = [l for l in text.splitlines() if l.strip()]
+    lines = [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
     return bool(lines) and all(re.match(r"^[A-Z_][A-Z0-9_]* = ", l) for l in lines)
 
 

@@ -93,6 +93,12 @@ def test_duplicate_key(tmp_path):
     ("train.train_batch_tokens", 1000, "must be a multiple of 8 x train_seq_len"),
     ("identity.track", "unlimited", "expected one of '10min_16mb', 'non_record_16mb'"),
     ("seeds", [1, 1], "seeds must be distinct"),
+    ("model.rope_dims", 17, "rope_dims 17 must be even and at most head_dim 64"),
+    ("model.rope_dims", 66, "rope_dims 66 must be even and at most head_dim 64"),
+    ("model.ve_layers", "8,9", "ve_layers must be distinct layer indices in 0..8"),
+    ("model.ve_layers", "1,1", "ve_layers must be distinct layer indices"),
+    ("model.bigram_buckets", 1, "bigram_buckets must be 0 \\(off\\) or at least 2"),
+    ("eval.sliding_stride", 2048, "sliding_stride 2048 must be at most the eval sequence length 1024"),
 ])
 def test_cross_field_and_enum_rules(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):

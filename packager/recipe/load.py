@@ -161,6 +161,21 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
     if match and int(match.group(1)) != v["vocab_size"]:
         out.append(("data.vocab_size", f"vocab_size {v['vocab_size']} does not match the tokenizer "
                                        f"{Path(v['tokenizer_path']).name}"))
+    head_dim = v["model_dim"] // max(v["num_heads"], 1)
+    if v.get("rope_dims", 0) and (v["rope_dims"] % 2 or v["rope_dims"] > head_dim):
+        out.append(("model.rope_dims", f"rope_dims {v['rope_dims']} must be even and at most head_dim {head_dim}"))
+    if v.get("ve_layers"):
+        parts = [p.strip() for p in v["ve_layers"].split(",")]
+        if not all(re.fullmatch(r"\d+", p) for p in parts) or len(set(parts)) != len(parts) \
+                or any(int(p) >= v["num_layers"] for p in parts):
+            out.append(("model.ve_layers", f"ve_layers must be distinct layer indices in 0..{v['num_layers'] - 1} "
+                                           f"separated by commas, got {v['ve_layers']!r}"))
+    if v.get("bigram_buckets", 0) == 1:
+        out.append(("model.bigram_buckets", "bigram_buckets must be 0 (off) or at least 2 (one bucket is reserved "
+                                            "for the first position)"))
+    stride, eval_len = v.get("sliding_stride", 0), v.get("eval_seq_len", 0) or v["train_seq_len"]
+    if stride > eval_len:
+        out.append(("eval.sliding_stride", f"sliding_stride {stride} must be at most the eval sequence length {eval_len}"))
     if v.get("ttt_mode") == "pre_eval":
         allowed = recipe.data.get("ttt", {}).get("allow_illegal_ttt", False)
         if recipe.track != "non_record_16mb" or not allowed:

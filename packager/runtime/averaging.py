@@ -46,13 +46,11 @@ class EmaAverager:
 
     @torch.no_grad()
     def after_step(self, model, step: int, lr_scale: float) -> None:
-        """`step`: optimizer steps done so far (1 after the first)."""
-        if step % self.every:
-            return
-        keep = self.decay ** self.every
-        for name, p in model.named_parameters():
-            self.shadow[name].mul_(keep).add_(p.detach().float(), alpha=1.0 - keep)
-        self.updates += 1
+        if step % self.every == 0:  # step: optimizer steps done so far (1 after the first)
+            keep = self.decay ** self.every
+            for name, p in model.named_parameters():
+                self.shadow[name].mul_(keep).add_(p.detach().float(), alpha=1.0 - keep)
+            self.updates += 1
 
     @torch.no_grad()
     def apply_to(self, model) -> str:
@@ -74,8 +72,7 @@ class SwaAverager:
             return
         for name, p in model.named_parameters():
             self.total[name].add_(p.detach().float())
-        self.count += 1
-        self.first = step if self.first is None else self.first
+        self.count, self.first = self.count + 1, self.first or step
 
     @torch.no_grad()
     def apply_to(self, model) -> str:
@@ -92,6 +89,6 @@ def build_averager(args, model):
         if args.ema_decay > 0:
             return EmaAverager(args, model)
     if feature("swa"):
-        if args.swa_every > 0:
-            return SwaAverager(args, model)
-    return None
+        return SwaAverager(args, model) if args.swa_every > 0 else None
+    else:
+        return None

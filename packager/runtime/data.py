@@ -20,31 +20,12 @@ from packager.runtime.features import HP
 FEATURES: dict[str, str] = {}
 
 HPARAMS = (
-    HP(
-        "data_path",
-        "DATA_PATH",
-        "data.data_path",
-        str,
-        "./data/datasets/fineweb10B_sp1024",
-        doc="folder holding the fineweb_train_*.bin and fineweb_val_*.bin shards",
-    ),
-    HP(
-        "tokenizer_path",
-        "TOKENIZER_PATH",
-        "data.tokenizer_path",
-        str,
-        "./data/tokenizers/fineweb_1024_bpe.model",
-        doc="SentencePiece model used to count the bytes behind each validation token",
-    ),
-    HP(
-        "vocab_size",
-        "VOCAB_SIZE",
-        "data.vocab_size",
-        int,
-        1024,
-        doc="token vocabulary size of the shards and the model",
-        minimum=1,
-    ),
+    HP("data_path", "DATA_PATH", "data.data_path", str, "./data/datasets/fineweb10B_sp1024",
+       doc="folder holding the fineweb_train_*.bin and fineweb_val_*.bin shards"),
+    HP("tokenizer_path", "TOKENIZER_PATH", "data.tokenizer_path", str, "./data/tokenizers/fineweb_1024_bpe.model",
+       doc="SentencePiece model used to count the bytes behind each validation token"),
+    HP("vocab_size", "VOCAB_SIZE", "data.vocab_size", int, 1024, minimum=1,
+       doc="token vocabulary size of the shards and the model"),
 )
 
 SHARD_MAGIC = 20240520
@@ -56,27 +37,18 @@ SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
 def load_data_shard(file) -> Tensor:
     """Tokens of one shard as a uint16 tensor; ValueError naming the file if malformed."""
     file = Path(file)
-    header = np.fromfile(file, dtype="<i4", count=SHARD_HEADER_INTS)
+    header, nbytes = np.fromfile(file, dtype="<i4", count=SHARD_HEADER_INTS), file.stat().st_size
     if header.size != SHARD_HEADER_INTS:
-        raise ValueError(
-            f"Short read for shard {file}: expected a {SHARD_HEADER_BYTES}-byte header, "
-            f"file has {file.stat().st_size} bytes"
-        )
-    if int(header[0]) != SHARD_MAGIC:
-        raise ValueError(f"Bad shard magic in {file}: expected {SHARD_MAGIC}, found {int(header[0])}")
-    if int(header[1]) != SHARD_VERSION:
-        raise ValueError(f"Bad shard version in {file}: expected {SHARD_VERSION}, found {int(header[1])}")
+        raise ValueError(f"Short read of shard {file}: no {SHARD_HEADER_BYTES}-byte header in its {nbytes} bytes")
+    if header[0] != SHARD_MAGIC:
+        raise ValueError(f"Bad shard magic in {file}: expected {SHARD_MAGIC}, found {header[0]}")
+    if header[1] != SHARD_VERSION:
+        raise ValueError(f"Bad shard version in {file}: expected {SHARD_VERSION}, found {header[1]}")
     num_tokens = int(header[2])
-    expected = SHARD_HEADER_BYTES + 2 * num_tokens
-    actual = file.stat().st_size
-    if num_tokens < 0 or actual != expected:
-        raise ValueError(
-            f"Shard size mismatch for {file}: header says {num_tokens} tokens, so expected "
-            f"{expected} bytes, found {actual}"
-        )
+    if nbytes != SHARD_HEADER_BYTES + 2 * num_tokens:
+        raise ValueError(f"Shard size mismatch for {file}: header says {num_tokens} tokens, "
+                         f"so expected {SHARD_HEADER_BYTES + 2 * num_tokens} bytes, found {nbytes}")
     tokens = np.fromfile(file, dtype="<u2", count=num_tokens, offset=SHARD_HEADER_BYTES)
-    if tokens.size != num_tokens:
-        raise ValueError(f"Short read for shard {file}: expected {num_tokens} tokens, read {tokens.size}")
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
@@ -90,9 +62,7 @@ def write_data_shard(file, tokens) -> None:
     if toks.dtype != np.uint16 and toks.size and (toks.min() < 0 or toks.max() >= 2**16):
         raise ValueError("shard tokens must lie in [0, 65535] to be stored as uint16")
     header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
-    header[0] = SHARD_MAGIC
-    header[1] = SHARD_VERSION
-    header[2] = toks.size
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, toks.size)
     with open(file, "wb") as f:
         f.write(header.tobytes())
         f.write(toks.astype("<u2", copy=False).tobytes())
@@ -106,62 +76,42 @@ def glob_shard_files(pattern: str) -> list[Path]:
 
 
 class TokenStream:
-    """Shards in sorted order, read front to back and wrapping around forever.
-
-    No sampling and no workers: the token order is a pure function of the files.
-    """
+    """Shards in sorted order, read front to back and wrapping around forever: no sampling, no workers."""
 
     def __init__(self, pattern: str):
         self.files = glob_shard_files(pattern)
-        self.file_idx = 0
-        self.tokens = load_data_shard(self.files[0])
-        self.pos = 0
-
-    def _advance_file(self) -> None:
-        self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = load_data_shard(self.files[self.file_idx])
-        self.pos = 0
+        self.file_idx, self.tokens, self.pos = 0, load_data_shard(self.files[0]), 0
 
     def take(self, n: int) -> Tensor:
         """The next `n` tokens, crossing shard boundaries (and wrapping) as needed."""
-        chunks: list[Tensor] = []
-        remaining = n
-        empty_advances = 0
-        while remaining > 0:
-            avail = self.tokens.numel() - self.pos
-            if avail <= 0:
+        chunks, skipped = [], 0
+        while n > 0:
+            if self.pos >= self.tokens.numel():
                 # Empty shards are skipped, but a set of only empty shards would spin forever.
-                empty_advances += 1
-                if empty_advances > len(self.files):
+                skipped += 1
+                if skipped > len(self.files):
                     raise ValueError(f"All {len(self.files)} shards of the token stream are empty")
-                self._advance_file()
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = load_data_shard(self.files[self.file_idx]), 0
                 continue
-            empty_advances = 0
-            k = min(remaining, avail)
+            k = min(n, self.tokens.numel() - self.pos)
             chunks.append(self.tokens[self.pos : self.pos + k])
-            self.pos += k
-            remaining -= k
+            self.pos, n, skipped = self.pos + k, n - k, 0
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 class DistributedTokenLoader:
-    """Per step, one contiguous chunk of (local_tokens + 1) * world_size tokens; rank r
-    gets span r. The extra token per span lets y be x shifted by one."""
+    """Each step reads world_size spans of local_tokens + 1 tokens (y is x shifted by one); rank r takes span r."""
 
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device):
-        self.rank = rank
-        self.world_size = world_size
-        self.device = device
+        self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        span = local_tokens + 1
+        span = global_tokens // (self.world_size * grad_accum_steps) + 1
         chunk = self.stream.take(span * self.world_size)
-        start = self.rank * span
-        local = chunk[start : start + span].to(dtype=torch.int64)
-        x = local[:-1].reshape(-1, seq_len)
-        y = local[1:].reshape(-1, seq_len)
+        local = chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -170,8 +120,5 @@ def load_validation_tokens(pattern: str, seq_len: int) -> Tensor:
     tokens = torch.cat([load_data_shard(f) for f in glob_shard_files(pattern)]).contiguous()
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
-        raise ValueError(
-            f"Validation split is too short for TRAIN_SEQ_LEN={seq_len}: "
-            f"{tokens.numel()} tokens in {pattern}"
-        )
+        raise ValueError(f"Validation set too short for TRAIN_SEQ_LEN={seq_len}: {tokens.numel()} tokens in {pattern}")
     return tokens[: usable + 1]

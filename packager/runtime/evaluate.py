@@ -14,13 +14,12 @@ import json
 import os
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from packager.runtime.bpb import bits_per_byte, count_bytes
+from packager.runtime.bpb import count_bytes, finish_scores
 from packager.runtime.features import HP, feature
-from packager.runtime.system import all_reduce_, autocast_ctx
+from packager.runtime.system import autocast_ctx
 
 FEATURES = {
     "sliding": ("score every validation token once, windows advancing by a stride", "sliding_stride > 0"),
@@ -38,8 +37,7 @@ HPARAMS = (
 
 
 class Ledger:
-    """For the legality probes, only when GOLF_PROBE_DIR is set: per eval path and in order,
-    every score and TTT update, and full log-probs at GOLF_PROBE_SAMPLES fixed tokens."""
+    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
 
     def __init__(self, rank: int, num_tokens: int):
         self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
@@ -58,8 +56,7 @@ class Ledger:
                 run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
 
     def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span. What span i taught reaches only
-        # the scores of the tokens in scopes[i] (per-document adapters), or all of them (None).
+        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
         if self.dir:
             self.steps += 1
             self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
@@ -76,27 +73,24 @@ def rank_share(items: list, rank: int, world_size: int) -> list:
 
 
 def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
-    """[(start, first scored, end)]: scored spans tile the targets [0, total) in order; every
-    window is min(window length, total) long and ends where its span ends."""
-    seq_len = stride = args.train_seq_len
+    """[(start, first scored, end)]: scored spans tile [0, total) in order, end their windows and advance by stride."""
     if feature("eval_seq_len"):
-        seq_len = stride = args.eval_seq_len or seq_len
+        seq_len = args.eval_seq_len or args.train_seq_len
+    else:
+        seq_len = args.train_seq_len
     if feature("sliding"):
         stride = args.sliding_stride or seq_len
+    else:
+        stride = seq_len
     if not 0 < stride <= seq_len:
         raise ValueError(f"EVAL_STRIDE={stride} must be in 1..{seq_len} (the evaluation window length)")
-    end = min(seq_len, total)
-    wins = [(0, 0, end)]
-    while end < total:
-        nxt = min(end + stride, total)
-        wins.append((nxt - seq_len, end, nxt))
-        end = nxt
-    return wins
+    ends = list(range(min(seq_len, total), total, stride)) + [total]
+    return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
 
-def score_windows(model: nn.Module, wins: list, val_tokens: Tensor, luts, device, sums: Tensor,
-                  batch: int, ledger=None) -> None:
-    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`."""
+def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None) -> None:
+    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode."""
+    model.eval()
     for i in range(0, len(wins), batch):
         part = wins[i : i + batch]
         rows = torch.stack([val_tokens[s : e + 1] for s, _, e in part]).to(device=device, dtype=torch.int64)
@@ -114,20 +108,12 @@ def score_windows(model: nn.Module, wins: list, val_tokens: Tensor, luts, device
                 ledger.score(a + 1, nll[j, a - s :], logits[j, a - s :])
 
 
-def finish_scores(sums: Tensor) -> tuple[float, float]:
-    all_reduce_(sums)
-    loss, tokens, nbytes = sums.tolist()
-    return loss / tokens, bits_per_byte(loss, tokens, nbytes)
-
-
-def eval_sliding(args, model: nn.Module, rank: int, world_size: int, device: torch.device,
-                 val_tokens: Tensor, luts, ledger=None) -> tuple[float, float]:
+def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger=None) -> tuple[float, float]:
     """(val_loss, val_bpb) with every token scored once by a window ending just after it."""
     if ledger is not None:
         ledger.begin("sliding")
-    wins = rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    model.eval()
-    score_windows(model, wins, val_tokens, luts, device, sums, args.eval_batch_seqs, ledger)
+    score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
+                  device, sums, args.eval_batch_seqs, ledger)
     model.train()
     return finish_scores(sums)

@@ -3,6 +3,11 @@
 Parameter names, shapes, registration order and init match the upstream root train_gpt.py, so
 state_dicts (and therefore serialized artifacts) line up key for key. Attention tensors use the
 (batch, seq, heads, head_dim) layout of FlashAttention throughout.
+
+Architecture techniques of the later records sit behind feature gates, off by default: LeakyReLU^2
+and SwiGLU MLPs, XSA, partial RoPE, LN scale, SmearGate, BigramHash, a shared value embedding,
+no U-Net skips, orthogonal init. Their parameter names follow the records that introduced them
+(smear.gate, bigram.embed/proj/scale, ve_shared.embed/proj/scale, ve_layer_scales.N, mlp.gate/up).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from packager.runtime.features import HP
+from packager.runtime.features import HP, feature
+from packager.runtime.qat import fake_quantize_ste
 
 try:
     from flash_attn_interface import flash_attn_func as flash_attn_3_func
@@ -23,7 +29,18 @@ try:
 except ImportError:
     flash_attn_2_func = None
 
-FEATURES: dict[str, tuple[str, str]] = {}
+FEATURES: dict[str, tuple[str, str]] = {
+    "leaky_relu2": ("MLP activation LeakyReLU(0.5)^2", "activation == 'leaky_relu2'"),
+    "swiglu": ("gated MLP silu(gate) * up at 2/3 of the width", "activation == 'swiglu'"),
+    "xsa": ("exclusive self-attention on the last xsa_last_n blocks", "xsa_last_n > 0"),
+    "partial_rope": ("RoPE on the first rope_dims dims of each head only", "rope_dims > 0"),
+    "ln_scale": ("normed block inputs scaled by 1/sqrt(layer+1)", "ln_scale"),
+    "smear_gate": ("learned per-dim mix of each token's embedding with the previous one's", "smear_gate"),
+    "bigram_hash": ("hashed (previous, current) token-pair embedding added to the input", "bigram_buckets > 0"),
+    "value_embed": ("shared value embedding added to the values of ve_layers", "ve_layers != ''"),
+    "no_unet": ("a plain stack without the U-Net skip connections", "not unet_skips"),
+    "ortho_init": ("orthogonal init of the matrices", "ortho_init"),
+}
 
 HPARAMS = (
     HP("num_layers", "NUM_LAYERS", "model.num_layers", int, 9, doc="transformer blocks", minimum=1),
@@ -31,7 +48,8 @@ HPARAMS = (
     HP("num_heads", "NUM_HEADS", "model.num_heads", int, 8, doc="query heads", minimum=1),
     HP("num_kv_heads", "NUM_KV_HEADS", "model.num_kv_heads", int, 4, doc="key/value heads (GQA)", minimum=1),
     HP("mlp_mult", "MLP_MULT", "model.mlp_mult", int, 2, doc="MLP hidden width = mlp_mult * model_dim", minimum=1),
-    HP("activation", "ACTIVATION", "model.activation", str, "relu2", doc="MLP activation", choices=("relu2",)),
+    HP("activation", "ACTIVATION", "model.activation", str, "relu2", doc="MLP activation",
+       choices=("relu2", "leaky_relu2", "swiglu")),
     HP("tie_embeddings", "TIE_EMBEDDINGS", "model.tie_embeddings", bool, True, doc="output head reuses tok_emb"),
     HP("tied_embed_init_std", "TIED_EMBED_INIT_STD", "model.tied_embed_init_std", float, 0.005,
        doc="std of the normal init of a tied embedding", minimum=0.0),
@@ -39,12 +57,32 @@ HPARAMS = (
        doc="logits = cap * tanh(logits / cap)"),
     HP("rope_base", "ROPE_BASE", "model.rope_base", float, 10000.0, doc="RoPE frequency base"),
     HP("qk_gain_init", "QK_GAIN_INIT", "model.qk_gain_init", float, 1.5, doc="initial per-head query gain"),
+    HP("xsa_last_n", "XSA_LAST_N", "model.xsa_last_n", int, 0, feature="xsa",
+       doc="exclusive self-attention on the last N blocks (0: none)", minimum=0),
+    HP("rope_dims", "ROPE_DIMS", "model.rope_dims", int, 0, feature="partial_rope",
+       doc="head dims RoPE rotates (0: all); even, at most head_dim", minimum=0),
+    HP("ln_scale", "LN_SCALE", "model.ln_scale", bool, False, feature="ln_scale",
+       doc="scale the normed block inputs by 1/sqrt(layer+1)"),
+    HP("smear_gate", "SMEAR_GATE", "model.smear_gate", bool, False, feature="smear_gate",
+       doc="SmearGate: mix each token's embedding with the previous token's"),
+    HP("bigram_buckets", "BIGRAM_VOCAB_SIZE", "model.bigram_buckets", int, 0, feature="bigram_hash",
+       doc="BigramHash table rows, the last reserved for position 0 (0: off)", minimum=0),
+    HP("bigram_dim", "BIGRAM_DIM", "model.bigram_dim", int, 128, feature="bigram_hash",
+       doc="BigramHash embedding width, projected to model_dim", minimum=1),
+    HP("ve_dim", "VE_DIM", "model.ve_dim", int, 128, feature="value_embed",
+       doc="shared value-embedding width, projected to the KV width", minimum=1),
+    HP("ve_layers", "VE_LAYERS", "model.ve_layers", str, "", feature="value_embed",
+       doc='comma-separated blocks whose values get the shared value embedding, e.g. "9,10" ("": off)'),
+    HP("unet_skips", "UNET_SKIPS", "model.unet_skips", bool, True, feature="no_unet",
+       doc="U-Net skips from the first half of the blocks to the second"),
+    HP("ortho_init", "ORTHO_INIT", "model.ortho_init", bool, False, feature="ortho_init",
+       doc="orthogonal init of the matrices of at least 64x64"),
 )
 
 # Small gains and mixes: kept in fp32, trained by Adam, never int8-quantized.
 CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
+    "q_gain", "skip_weight", "skip_weights", "smear", "ve_layer_scales", "ve_shared.scale",
 )
 
 
@@ -89,10 +127,16 @@ class RMSNorm(nn.Module):
 
 class CastedLinear(nn.Linear):
     """Linear whose weight stays fp32 (for the optimizer) and is cast to the input dtype."""
+    if feature("qat"):
+        qat_bits = 0  # > 0 (set by configure_qat): forward fake-quantizes the weight while qat_gate is on
 
     def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if feature("qat"):
+            if self.qat_bits:  # quantized from the fp32 weight, as the export sees it, then cast
+                w = fake_quantize_ste(w, self.qat_bits, self.qat_gate)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        return F.linear(x, w.to(x.dtype), bias)
 
 
 def restore_low_dim_params_to_fp32(module: nn.Module) -> None:
@@ -123,6 +167,10 @@ class Rotary(nn.Module):
 
 def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the two halves of the last dimension (non-interleaved RoPE)."""
+    if feature("partial_rope"):
+        rd = 2 * cos.size(-1)
+        if rd < x.size(-1):  # partial RoPE: dims past the table's width carry no position
+            return torch.cat((apply_rotary_emb(x[..., :rd], cos, sin), x[..., rd:]), dim=-1)
     a, b = x.chunk(2, dim=-1)
     return torch.cat((a * cos + b * sin, b * cos - a * sin), dim=-1)
 
@@ -146,15 +194,30 @@ class CausalSelfAttention(nn.Module):
         self.proj._zero_init = True
         self.q_gain = nn.Parameter(torch.full((heads,), args.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, base=args.rope_base)
+        if feature("partial_rope"):
+            if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
+                if args.rope_dims % 2 or args.rope_dims > self.head_dim:
+                    raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
+                self.rotary = Rotary(args.rope_dims, base=args.rope_base)
+        if feature("xsa"):
+            self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
         q = F.rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
         k = F.rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim), (self.head_dim,))
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
+        if feature("value_embed"):
+            if ve is not None:
+                v = v + ve.view_as(v)
         cos, sin = self.rotary(T, x.device, q.dtype)
         q = apply_rotary_emb(q, cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary_emb(k, cos, sin)
+        if feature("xsa"):
+            if self.use_xsa:  # XSA: drop each head's component along its token's own unit value vector
+                y = attention(q, k, v, causal=True).reshape(B, T, self.num_kv_heads, -1, self.head_dim)
+                u = F.normalize(v, dim=-1).unsqueeze(3)  # GQA: a kv head's query heads share it
+                return self.proj((y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, C))
         return self.proj(attention(q, k, v, causal=True).reshape(B, T, C))
 
 
@@ -162,6 +225,12 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
     """The MLP nonlinearity; add a branch here (and to the HP choices) for a new one."""
     if name == "relu2":
         return torch.relu(h).square()
+    if feature("leaky_relu2"):
+        if name == "leaky_relu2":  # negative inputs keep a (squared) signal and a gradient
+            return F.leaky_relu(h, negative_slope=0.5).square()
+    if feature("swiglu"):
+        if name == "swiglu":  # the gate's nonlinearity; MLP multiplies it by the up projection
+            return F.silu(h)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -170,12 +239,46 @@ class MLP(nn.Module):
         super().__init__()
         hidden = args.mlp_mult * args.model_dim
         self.activation = args.activation
-        self.fc = CastedLinear(args.model_dim, hidden, bias=False)
+        if feature("swiglu"):
+            if args.activation == "swiglu":  # 3 matrices at 2/3 width (rounded up to 64): about the same size
+                hidden = (2 * hidden // 3 + 63) // 64 * 64
+                self.gate, self.up = (CastedLinear(args.model_dim, hidden, bias=False) for _ in range(2))
+            else:
+                self.fc = CastedLinear(args.model_dim, hidden, bias=False)
+        else:
+            self.fc = CastedLinear(args.model_dim, hidden, bias=False)
         self.proj = CastedLinear(hidden, args.model_dim, bias=False)
         self.proj._zero_init = True
 
     def forward(self, x: Tensor) -> Tensor:
+        if feature("swiglu"):
+            if self.activation == "swiglu":
+                return self.proj(mlp_activation(self.activation, self.gate(x)) * self.up(x))
         return self.proj(mlp_activation(self.activation, self.fc(x)))
+
+
+def bigram_hash(ids: Tensor, buckets: int) -> Tensor:
+    """Bucket of each (previous, current) token pair; position 0 (no previous) gets the last one."""
+    t = ids.to(torch.int32)
+    pair = torch.bitwise_xor(36313 * t[..., 1:], 27191 * t[..., :-1]) % (buckets - 1)
+    return torch.cat((torch.full_like(t[..., :1], buckets - 1), pair), dim=-1).long()
+
+
+class ScaledEmbedding(nn.Module):
+    """BigramHash / value embedding: N(0, std) table, zero-init projection to out_dim, learned scale."""
+
+    def __init__(self, rows: int, dim: int, out_dim: int, std: float, scale: float):
+        super().__init__()
+        self.embed = nn.Embedding(rows, dim)
+        nn.init.normal_(self.embed.weight, std=std)
+        self.proj = CastedLinear(dim, out_dim, bias=False) if dim != out_dim else None
+        if self.proj is not None:  # zero, but not flagged _zero_init: OrthoInit redoes it, as the records
+            nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.tensor(scale, dtype=torch.float32))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embed(ids) if self.proj is None else self.proj(self.embed(ids))
+        return h * self.scale.to(h.dtype)
 
 
 class Block(nn.Module):
@@ -192,12 +295,20 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        if feature("ln_scale"):
+            self.ln_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0  # damps deeper blocks' normed inputs
+        if feature("xsa"):
+            self.attn.use_xsa = layer >= args.num_layers - args.xsa_last_n
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x))
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x))
+        if feature("ln_scale"):
+            x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * self.ln_scale, ve)
+            return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x) * self.ln_scale)
+        else:
+            x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x), ve)
+            return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x))
 
 
 class GPT(nn.Module):
@@ -213,11 +324,29 @@ class GPT(nn.Module):
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
         self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
+        if feature("bigram_hash"):
+            rows = args.bigram_buckets  # the last row is position 0's, which has no previous token
+            self.bigram = ScaledEmbedding(rows, args.bigram_dim, args.model_dim, 0.0, 0.05) if rows > 0 else None
+        if feature("smear_gate"):
+            gate = nn.Parameter(torch.zeros(args.model_dim))  # SmearGate: sigmoid(0), an even mix at init
+            self.smear = nn.ParameterDict({"gate": gate}) if args.smear_gate else None
         self.num_encoder_layers = args.num_layers // 2
         self.num_decoder_layers = args.num_layers - self.num_encoder_layers
+        if feature("no_unet"):
+            if not args.unet_skips:  # every block runs in the decoder loop, which then finds no skips
+                self.num_encoder_layers, self.num_decoder_layers = 0, args.num_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, args.model_dim, dtype=torch.float32))
+        if feature("no_unet"):
+            self.skip_weights.requires_grad_(num_skips > 0)  # empty without skips: nothing to train
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
+        if feature("value_embed"):
+            self.ve_layers = [int(i) for i in args.ve_layers.split(",") if i.strip()]
+            if len(set(self.ve_layers)) < len(self.ve_layers) or not set(self.ve_layers) <= set(range(args.num_layers)):
+                raise ValueError(f"ve_layers={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1}")
+            kv = args.num_kv_heads * args.model_dim // args.num_heads
+            self.ve_shared = ScaledEmbedding(args.vocab_size, args.ve_dim, kv, 0.01, 0.1) if self.ve_layers else None
+            self.ve_layer_scales = nn.ParameterList([nn.Parameter(torch.ones(1)) for _ in self.ve_layers])
         self.final_norm = RMSNorm()
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, bias=False)
         if self.lm_head is not None:
@@ -227,19 +356,42 @@ class GPT(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
                 nn.init.zeros_(m.weight)
+        if feature("ortho_init"):
+            if args.ortho_init:  # as the records: matrices >= 64x64 not zero-init; *.proj (bigram, VE) / sqrt(2L)
+                for name, m in self.named_modules():
+                    if isinstance(m, nn.Linear) and not getattr(m, "_zero_init", False) and min(m.weight.shape) >= 64:
+                        gain = (2 * args.num_layers) ** -0.5 if name.endswith(".proj") else 1.0
+                        nn.init.orthogonal_(m.weight, gain=gain)
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states (B, T, model_dim)."""
-        x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        if feature("bigram_hash"):
+            x = self.tok_emb(input_ids)
+            if self.bigram is not None:  # the hashed token pair joins the embedding before the norm
+                x = x + self.bigram(bigram_hash(input_ids, self.bigram.embed.num_embeddings))
+            x = F.rms_norm(x, (x.size(-1),))
+        else:
+            x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        if feature("smear_gate"):
+            if self.smear is not None:  # SmearGate: (1 - g) x_t + g x_{t-1}, g = sigmoid(gate) per channel
+                g = torch.sigmoid(self.smear.gate.to(x.dtype))
+                x = (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))  # looks only back: position 0 mixes with 0
         x0, skips = x, []
+        ves = [None] * len(self.blocks)  # per block: what to add to its attention values
+        if feature("value_embed"):
+            if self.ve_shared is not None:  # one lookup, scaled per listed layer
+                ve = self.ve_shared(input_ids)
+                for layer, scale in zip(self.ve_layers, self.ve_layer_scales):
+                    ves[layer] = ve * scale.to(ve.dtype)
         # Encoder half stores its outputs; the decoder half adds them back in reverse order.
-        for block in self.blocks[: self.num_encoder_layers]:
-            x = block(x, x0)
+        n = self.num_encoder_layers
+        for block, ve in zip(self.blocks[:n], ves):
+            x = block(x, x0, ve)
             skips.append(x)
-        for i, block in enumerate(self.blocks[self.num_encoder_layers:]):
+        for i, block in enumerate(self.blocks[n:]):
             if skips:
                 x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+            x = block(x, x0, ves[n + i])
         return self.final_norm(x)
 
     def logits_from_hidden(self, h: Tensor) -> Tensor:

@@ -3,6 +3,8 @@
 Follows the upstream root train_gpt.py: Newton-Schulz quintic orthogonalisation in bf16,
 round-robin work split over ranks with one all-reduced flat bf16 update buffer (fp32 on CPU), the
 embedding/head/matrix/scalar parameter split, and the wallclock-aware linear warmdown.
+Gated, as the later records: decoupled weight decay for Muon (MUON_WD) and AdamW for the token and
+scalar groups (ADAM_WD), and the placement of the BigramHash, value-embedding and SmearGate tensors.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from packager.runtime.features import HP
+from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 from packager.runtime.system import maybe_compile
 
-FEATURES: dict[str, tuple[str, str]] = {}
+FEATURES: dict[str, tuple[str, str]] = {
+    "muon_wd": ("decoupled weight decay on the Muon matrices", "muon_weight_decay > 0"),
+    "adam_wd": ("AdamW decoupled weight decay on the token and scalar Adam groups", "adam_weight_decay > 0"),
+}
 
 HPARAMS = (
     HP("embed_lr", "EMBED_LR", "train.optimizer.embed_lr", float, 0.6, doc="Adam LR of an untied token embedding"),
@@ -34,6 +39,10 @@ HPARAMS = (
     HP("beta1", "BETA1", "train.optimizer.beta1", float, 0.9, doc="Adam beta1"),
     HP("beta2", "BETA2", "train.optimizer.beta2", float, 0.95, doc="Adam beta2"),
     HP("adam_eps", "ADAM_EPS", "train.optimizer.adam_eps", float, 1e-8, doc="Adam epsilon"),
+    HP("muon_weight_decay", "MUON_WD", "train.optimizer.muon_weight_decay", float, 0.0, feature="muon_wd",
+       doc="Muon decoupled weight decay: p *= 1 - lr * wd each step", minimum=0.0),
+    HP("adam_weight_decay", "ADAM_WD", "train.optimizer.adam_weight_decay", float, 0.0, feature="adam_wd",
+       doc="AdamW decoupled weight decay of the token and scalar groups (not an untied head)", minimum=0.0),
 )
 
 
@@ -106,11 +115,18 @@ class Muon(torch.optim.Optimizer):
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             for p, start in zip(params, offsets):
+                if feature("muon_wd"):
+                    if group.get("weight_decay"):  # decoupled, on the scheduled lr, before the update
+                        p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(flat[start: start + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
         return loss
 
 
-def adam_group(args, params: list, lr: float, device: torch.device) -> torch.optim.Adam:
+def adam_group(args, params: list, lr: float, device: torch.device, decay: bool = False) -> torch.optim.Adam:
+    if feature("adam_wd"):
+        if decay and args.adam_weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
+            return torch.optim.AdamW([{"params": params, "lr": lr, "base_lr": lr}], betas=(args.beta1, args.beta2),
+                                     eps=args.adam_eps, weight_decay=args.adam_weight_decay, fused=device.type == "cuda")
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
         betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
@@ -130,12 +146,28 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
         (matrix if p.ndim == 2 and not control else scalar).append(p)
     if model.skip_weights.numel() > 0:
         scalar.append(model.skip_weights)
+    tokens = [model.tok_emb.weight]
+    if feature("smear_gate"):
+        if model.smear is not None:
+            scalar.append(model.smear.gate)
+    if feature("bigram_hash"):
+        if model.bigram is not None:  # as the records: table with tok_emb, projection on Muon
+            tokens.append(model.bigram.embed.weight)
+            matrix += [] if model.bigram.proj is None else [model.bigram.proj.weight]
+            scalar.append(model.bigram.scale)
+    if feature("value_embed"):
+        if model.ve_shared is not None:
+            tokens.append(model.ve_shared.embed.weight)
+            matrix += [] if model.ve_shared.proj is None else [model.ve_shared.proj.weight]
+            scalar += [model.ve_shared.scale, *model.ve_layer_scales]
     token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     muon = Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
+    if feature("muon_wd"):
+        muon.param_groups[0]["weight_decay"] = args.muon_weight_decay
     muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
-    optimizers = [adam_group(args, [model.tok_emb.weight], token_lr, device), muon,
-                  adam_group(args, scalar, args.scalar_lr, device)]
+    optimizers = [adam_group(args, tokens, token_lr, device, decay=True), muon,
+                  adam_group(args, scalar, args.scalar_lr, device, decay=True)]
     if model.lm_head is not None:
         optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]

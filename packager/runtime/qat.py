@@ -40,50 +40,38 @@ HPARAMS = (
        minimum=0.0, doc="if > 0, QAT also waits until the LR multiplier is below this (late QAT)"),
 )
 
-# The export stores float tensors of at most this many elements as they are (quant.py).
-QAT_MIN_NUMEL = 65_536
-
-
-def fp16_grid(x: Tensor) -> Tensor:
-    """Positive fp32 values rounded to the nearest fp16 value (ties to even), still in fp32.
-    Bit arithmetic, not .to(float16): inductor may drop the rounding of a fused cast."""
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0x0FFF + ((bits >> 13) & 1)) & -0x2000).view(torch.float32)
+QAT_MIN_NUMEL = 65_536  # the export stores float tensors of at most this many elements as they are (quant.py)
 
 
 def fake_quantize_ste(w: Tensor, bits: int, gate: Tensor | None = None) -> Tensor:
-    """The export's per-row dequantized w (row-max clip, fp16 scales) where the 0-dim gate is
-    nonzero (always if None); the gradient passes to w unchanged (straight-through)."""
+    """The export's per-row dequantized w where the 0-dim gate is nonzero (always if None), with w's gradient (STE)."""
     qmax, w0 = 2 ** (bits - 1) - 1, w.detach()
-    scale = fp16_grid((w0.float().abs().amax(dim=1) / qmax).clamp_min(torch.finfo(torch.float16).tiny))[:, None]
+    raw = (w0.float().abs().amax(dim=1) / qmax).clamp_min(torch.finfo(torch.float16).tiny).view(torch.int32)
+    # Round to fp16 (ties to even) like the stored scales, in bit arithmetic: inductor may drop a fused cast's rounding.
+    scale = ((raw + 0x0FFF + ((raw >> 13) & 1)) & -0x2000).view(torch.float32)[:, None]
     q = (torch.clamp(torch.round(w0.float() / scale), -qmax, qmax) * scale).to(w.dtype)
-    if gate is not None:
-        q = torch.where(gate > 0, q, w0)
+    q = q if gate is None else torch.where(gate > 0, q, w0)
     return q + (w - w0)  # q's value, w's gradient
 
 
 def configure_qat(args, model) -> int:
-    """Give each blocks.N.mlp/attn CastedLinear that the export quantizes its QAT width and a
-    switch (off); call before the first forward. Returns how many layers got one."""
+    """Before the first forward: a QAT width and an off switch for each mlp/attn layer the export quantizes."""
     widths, stored = {"mlp": args.qat_bits_mlp, "attn": args.qat_bits_attn}, {"mlp": 8, "attn": 8}
     if feature("mixed_quant"):
         if args.quant_scheme == "mixed":
             stored = {"mlp": args.bits_mlp, "attn": args.bits_attn}
     if any(b and b != stored[c] for c, b in widths.items()):
         raise ValueError(f"QAT widths {widths} differ from the export's {stored}: QAT must train for the stored grid")
-    count = 0
     for name, module in model.named_modules():
         cls = "mlp" if ".mlp." in f"{name}." else "attn" if ".attn." in f"{name}." else None
         if cls and widths[cls] and hasattr(module, "qat_bits") and module.weight.numel() > QAT_MIN_NUMEL:
             module.qat_bits = widths[cls]
             module.register_buffer("qat_gate", torch.zeros((), device=module.weight.device), persistent=False)
-            count += 1
-    return count
+    return sum(1 for module in model.modules() if getattr(module, "qat_bits", 0))
 
 
 def qat_active(args, step: int, elapsed_ms: float, lr_scale: float) -> bool:
-    """True from qat_start_frac of the wallclock cap (of iterations if uncapped) on and, if
-    late_qat_threshold > 0, while the LR multiplier is below it. The loop latches it."""
+    """From qat_start_frac of the wallclock cap (of iterations if uncapped) on, and below late_qat_threshold if > 0."""
     cap_ms = 1000.0 * args.max_wallclock_seconds
     done = elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
     return done >= args.qat_start_frac and (args.late_qat_threshold <= 0 or lr_scale < args.late_qat_threshold)

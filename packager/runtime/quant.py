@@ -20,6 +20,7 @@ print), "mixed" otherwise; then "+<compressor>" for size lines, "_<compressor>" 
 from __future__ import annotations
 
 import io
+import lzma
 import zlib
 
 import torch
@@ -64,37 +65,17 @@ QUANT_FORMAT_INT8 = "int8_clean_per_row_v1"
 QUANT_FORMAT_MIXED = "mixed_per_row_v1"
 QUANT_KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_Q = 99.99984 / 100.0
-QUANT_BITS_CHOICES = (5, 6, 8, 16)
+# The keys of the stats that quantize_state_dict_* return (upstream's); export_model adds its own.
 QUANT_STAT_KEYS = ("param_count", "num_tensors", "num_float_tensors", "num_nonfloat_tensors",
                    "baseline_tensor_bytes", "int8_payload_bytes")
-
-
-def quant_tensor_bytes(t: Tensor) -> int:
-    return int(t.numel()) * int(t.element_size())
-
-
-def dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
 
 
 def is_control_tensor(name: str) -> bool:
     return any(pattern in name for pattern in CONTROL_TENSOR_NAME_PATTERNS)
 
 
-def keep_as_float(name: str, t: Tensor, orig_dtypes: dict[str, str]) -> Tensor:
-    """Control tensors stay fp32; other fp32/bf16 tensors are stored in fp16 and the original
-    dtype is recorded so that loading restores it."""
-    if is_control_tensor(name):
-        return t.float().contiguous()
-    if t.dtype in (torch.float32, torch.bfloat16):
-        orig_dtypes[name] = dtype_name(t)
-        return t.to(dtype=torch.float16).contiguous()
-    return t
-
-
 def quantize_int8_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Upstream int8: matrices per row (fp16 scales), anything else one fp32 scale; the clip
-    is the 99.99984th percentile of |w|, so rare outliers do not widen the grid."""
+    """Upstream int8: per-row fp16 scales for matrices, else one fp32 scale; clip at the 99.99984th percentile."""
     t32 = t.float()
     if t32.ndim == 2:
         clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1) if t32.numel() else torch.empty(t32.shape[0])
@@ -109,135 +90,105 @@ def quantize_int8_tensor(t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def quantize_rows_clip_search(t32: Tensor, bits: int, clips: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row quantization to [-qmax, qmax], qmax = 2^(bits-1)-1, fp16 row scales.
-
-    Each clip is a quantile of the row's |w| (1.0: the row max). The error is measured with
-    the fp16 scale that is stored, and a row keeps the first clip with the lowest MSE, so
-    with (1.0,) first no row does worse than the plain max clip."""
-    qmax = 2 ** (bits - 1) - 1
-    a = t32.abs()
-    candidates = [a.amax(dim=1)]
-    lower = [c for c in clips if c < 1.0]
-    if lower:
-        candidates += list(torch.quantile(a, torch.tensor(lower, dtype=torch.float32), dim=1))
+    """Per-row levels in [-qmax, qmax] with fp16 scales; a row keeps the clip (|w| quantile) with the lowest MSE."""
+    qmax, a = 2 ** (bits - 1) - 1, t32.abs()
+    lower = [c for c in clips if c < 1.0]  # 1.0 is the row max, always tried first
+    candidates = [a.amax(dim=1)] + (list(torch.quantile(a, torch.tensor(lower, dtype=a.dtype), dim=1)) if lower else [])
     best_q = best_s = best_err = None
     for clip in candidates:
         s = (clip / qmax).to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
         q = torch.clamp(torch.round(t32 / s.float()[:, None]), -qmax, qmax)
-        err = (t32 - q * s.float()[:, None]).pow(2).mean(dim=1)
-        if best_err is None:
-            best_q, best_s, best_err = q, s, err
-            continue
-        better = err < best_err
-        best_q = torch.where(better[:, None], q, best_q)
-        best_s = torch.where(better, s, best_s)
-        best_err = torch.where(better, err, best_err)
+        err = (t32 - q * s.float()[:, None]).pow(2).mean(dim=1)  # with the fp16 scale that is stored
+        if best_err is not None:  # strictly lower: no row does worse than the row max, tried first
+            better = err < best_err
+            q, s = torch.where(better[:, None], q, best_q), torch.where(better, s, best_s)
+            err = torch.where(better, err, best_err)
+        best_q, best_s, best_err = q, s, err
     return best_q.to(torch.int8).contiguous(), best_s.contiguous()
 
 
 def build_quant_obj(state_dict: dict[str, Tensor], fmt: str, choose) -> tuple[dict, dict]:
-    """Walk a state dict in order. Non-floats and float tensors of at most 65,536 elements pass
-    through; for larger floats `choose(name, t, orig_dtypes)` returns a Tensor to store as is,
-    or (q, scale, bits)."""
-    quantized, scales, dtypes, passthrough = {}, {}, {}, {}
-    orig_dtypes, qmeta, bits_map = {}, {}, {}
-    stats = dict.fromkeys(QUANT_STAT_KEYS, 0)
-    for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
-        stats["param_count"] += int(t.numel())
-        stats["num_tensors"] += 1
-        stats["baseline_tensor_bytes"] += quant_tensor_bytes(t)
-        if not t.is_floating_point():
-            stats["num_nonfloat_tensors"] += 1
-            kept = t
-        elif t.numel() <= QUANT_KEEP_FLOAT_MAX_NUMEL:
-            kept = keep_as_float(name, t, orig_dtypes)
-        else:
-            stats["num_float_tensors"] += 1
-            kept = choose(name, t, orig_dtypes)
-        if isinstance(kept, Tensor):
-            passthrough[name] = kept
-            stats["int8_payload_bytes"] += quant_tensor_bytes(kept)
+    """Export object and stats; floats of > 65,536 elements go to choose(name, t): (q, scale, bits), or None to keep."""
+    obj = {"__quant_format__": fmt, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {}, "qmeta": {},
+           "passthrough_orig_dtypes": {}, "bits": {}}
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state_dict.items()}
+    big = {name for name, t in tensors.items() if t.is_floating_point() and t.numel() > QUANT_KEEP_FLOAT_MAX_NUMEL}
+    for name, t in tensors.items():
+        kept = choose(name, t) if name in big else None
+        if kept is not None:
+            q, s, bits = kept
+            obj["quantized"][name], obj["scales"][name], obj["bits"][name] = q, s, bits
+            obj["dtypes"][name] = str(t.dtype).removeprefix("torch.")
+            if s.ndim > 0:
+                obj["qmeta"][name] = {"scheme": "per_row", "axis": 0}
             continue
-        q, s, bits = kept
-        if s.ndim > 0:
-            qmeta[name] = {"scheme": "per_row", "axis": 0}
-        quantized[name], scales[name], dtypes[name], bits_map[name] = q, s, dtype_name(t), bits
-        stats["int8_payload_bytes"] += quant_tensor_bytes(q) + quant_tensor_bytes(s)
-    obj = {"__quant_format__": fmt, "quantized": quantized, "scales": scales, "dtypes": dtypes,
-           "passthrough": passthrough}
-    if qmeta:
-        obj["qmeta"] = qmeta
-    if orig_dtypes:
-        obj["passthrough_orig_dtypes"] = orig_dtypes
-    if fmt != QUANT_FORMAT_INT8:
-        obj["bits"] = bits_map
-    return obj, stats
+        # Kept: control tensors in fp32, other fp32/bf16 in fp16 with the dtype recorded, the rest as they are.
+        if t.is_floating_point() and is_control_tensor(name):
+            t = t.float()
+        elif t.dtype in (torch.float32, torch.bfloat16):
+            obj["passthrough_orig_dtypes"][name] = str(t.dtype).removeprefix("torch.")
+            t = t.half()
+        obj["passthrough"][name] = t
+    stored = [*obj["quantized"].values(), *obj["scales"].values(), *obj["passthrough"].values()]
+    ts = tensors.values()
+    stats = {"param_count": sum(t.numel() for t in ts), "num_tensors": len(ts), "num_float_tensors": len(big),
+             "num_nonfloat_tensors": sum(not t.is_floating_point() for t in ts),
+             "baseline_tensor_bytes": sum(t.nbytes for t in ts), "int8_payload_bytes": sum(t.nbytes for t in stored)}
+    if fmt == QUANT_FORMAT_INT8:
+        del obj["bits"]
+    # As upstream: qmeta and passthrough_orig_dtypes only when they are not empty.
+    return {k: v for k, v in obj.items() if v or k not in ("qmeta", "passthrough_orig_dtypes")}, stats
 
 
 def quantize_state_dict_int8(state_dict: dict[str, Tensor]) -> tuple[dict, dict]:
     """The upstream baseline export object and its stats."""
-    return build_quant_obj(state_dict, QUANT_FORMAT_INT8, lambda name, t, od: (*quantize_int8_tensor(t), 8))
+    return build_quant_obj(state_dict, QUANT_FORMAT_INT8, lambda name, t: (*quantize_int8_tensor(t), 8))
 
 
 def dequantize_state_dict_int8(obj: dict) -> dict[str, Tensor]:
     """A state dict from an int8 or mixed export object, each tensor in its original dtype."""
-    if obj.get("__quant_format__") not in (QUANT_FORMAT_INT8, QUANT_FORMAT_MIXED):
-        raise ValueError(f"unknown quantized format {obj.get('__quant_format__')!r}")
     out: dict[str, Tensor] = {}
     for name, q in obj["quantized"].items():
         s = obj["scales"][name].to(torch.float32)
-        if s.ndim > 0:
-            s = s.view(q.shape[0], *([1] * (q.ndim - 1)))
+        s = s.view(q.shape[0], *([1] * (q.ndim - 1))) if s.ndim > 0 else s  # per-row scales
         out[name] = (q.float() * s).to(dtype=getattr(torch, obj["dtypes"][name])).contiguous()
     orig_dtypes = obj.get("passthrough_orig_dtypes", {})
     for name, t in obj["passthrough"].items():
-        t = t.detach().to("cpu").contiguous()
-        if name in orig_dtypes:
-            t = t.to(dtype=getattr(torch, orig_dtypes[name])).contiguous()
-        out[name] = t
+        dtype = getattr(torch, orig_dtypes[name]) if name in orig_dtypes else t.dtype
+        out[name] = t.detach().to("cpu", dtype).contiguous()
     return out
 
 
 def quant_class(name: str) -> str:
     if "tok_emb" in name or "lm_head" in name:
         return "embed"
-    if ".mlp." in name:
-        return "mlp"
-    if ".attn." in name:
-        return "attn"
-    return "other"
+    return "mlp" if ".mlp." in name else "attn" if ".attn." in name else "other"
 
 
 def parse_clip_list(text: str) -> tuple[float, ...]:
     """"0.9995,0.999" -> (1.0, 0.9995, 0.999): the row max first, duplicates dropped."""
-    clips = [1.0]
-    for part in str(text).split(","):
-        if part.strip():
-            c = float(part)
-            if not 0.0 < c <= 1.0:
-                raise ValueError(f"GPTQ_CLIPS entries must be in (0, 1], got {c}")
-            if c not in clips:
-                clips.append(c)
-    return tuple(clips)
+    clips = [float(part) for part in str(text).split(",") if part.strip()]
+    bad = [c for c in clips if not 0.0 < c <= 1.0]
+    if bad:
+        raise ValueError(f"GPTQ_CLIPS entries must be in (0, 1], got {bad[0]}")
+    return tuple(dict.fromkeys([1.0, *clips]))
 
 
 def quantize_state_dict_mixed(args, state_dict: dict[str, Tensor]) -> tuple[dict, dict]:
-    """The mixed export object: a width per tensor class. Width 8 without a clip search is the
-    baseline int8 quantizer, as in the records that mix int8 embeddings with int5/int6 blocks."""
+    """A width per tensor class; 8 without a clip search is the baseline int8 quantizer, as in the records."""
     widths = {"mlp": args.bits_mlp, "attn": args.bits_attn, "embed": args.bits_embed, "other": args.bits_other}
-    bad = {k: v for k, v in widths.items() if v not in QUANT_BITS_CHOICES}
+    bad = {k: v for k, v in widths.items() if v not in (5, 6, 8, 16)}
     if bad:
-        raise ValueError(f"quantization widths must be one of {QUANT_BITS_CHOICES}, got {bad}")
-    clips = (1.0,)
+        raise ValueError(f"quantization widths must be one of 5, 6, 8, 16, got {bad}")
     if feature("gptq_lite"):
-        if args.gptq_lite:
-            clips = parse_clip_list(args.gptq_clips)
+        clips = parse_clip_list(args.gptq_clips) if args.gptq_lite else (1.0,)
+    else:
+        clips = (1.0,)
 
-    def choose(name: str, t: Tensor, orig_dtypes: dict[str, str]):
+    def choose(name: str, t: Tensor):
         bits = widths[quant_class(name)]
         if bits == 16 or is_control_tensor(name):
-            return keep_as_float(name, t, orig_dtypes)
+            return None  # stored as a float
         if bits == 8 and clips == (1.0,):
             return (*quantize_int8_tensor(t), 8)
         if t.ndim == 2:
@@ -263,12 +214,12 @@ def quantize_for_export(args, state_dict: dict[str, Tensor]) -> tuple[dict, dict
 
 def prune_eligible(name: str, t: Tensor) -> bool:
     """The matrices that get quantized: 2-D floats of > 65,536 elements, control tensors excluded."""
-    return t.is_floating_point() and t.ndim == 2 and t.numel() > QUANT_KEEP_FLOAT_MAX_NUMEL and not is_control_tensor(name)
+    big = t.is_floating_point() and t.ndim == 2 and t.numel() > QUANT_KEEP_FLOAT_MAX_NUMEL
+    return big and not is_control_tensor(name)
 
 
 def prune_state_dict(state_dict: dict[str, Tensor], frac: float) -> tuple[dict[str, Tensor], int]:
-    """Copy of the state dict with floor(frac * numel) smallest-|w| entries of every eligible
-    matrix set to zero (ties by position, so the count is exact); the total zeroed."""
+    """Copy with the floor(frac * numel) smallest |w| of each eligible matrix zeroed (ties by position); the count."""
     if not 0.0 <= frac < 1.0:
         raise ValueError(f"PRUNE_FRAC must be in [0, 1), got {frac}")
     out, pruned = {}, 0
@@ -277,8 +228,7 @@ def prune_state_dict(state_dict: dict[str, Tensor], frac: float) -> tuple[dict[s
         if k > 0:
             flat = t.detach().to("cpu").flatten().clone()
             flat[torch.argsort(flat.abs().float(), stable=True)[:k]] = 0
-            t = flat.view(t.shape)
-            pruned += k
+            t, pruned = flat.view(t.shape), pruned + k
         out[name] = t
     return out, pruned
 
@@ -292,15 +242,6 @@ def import_zstandard():
     return zstandard
 
 
-def import_lzma():
-    try:
-        import lzma
-    except ImportError as exc:
-        raise RuntimeError("COMPRESSOR=lzma needs the 'lzma' module, which this Python was built "
-                           "without: install liblzma (xz) and rebuild Python, or use zlib/zstd") from exc
-    return lzma
-
-
 def compress_bytes(args, raw: bytes) -> bytes:
     if args.compressor == "zlib":
         return zlib.compress(raw, level=args.compress_level)
@@ -309,7 +250,7 @@ def compress_bytes(args, raw: bytes) -> bytes:
             return import_zstandard().ZstdCompressor(level=args.compress_level).compress(raw)
     if feature("lzma"):
         if args.compressor == "lzma":
-            return import_lzma().compress(raw, preset=args.compress_level)
+            return lzma.compress(raw, preset=args.compress_level)
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
 
 
@@ -321,41 +262,31 @@ def decompress_bytes(args, blob: bytes) -> bytes:
             return import_zstandard().ZstdDecompressor().decompress(blob)
     if feature("lzma"):
         if args.compressor == "lzma":
-            return import_lzma().decompress(blob)
+            return lzma.decompress(blob)
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
-
-
-def mixed_label(bits_mlp: int, bits_attn: int) -> str:
-    if bits_mlp == bits_attn:
-        return "fp16" if bits_mlp == 16 else f"int{bits_mlp}"
-    return "int6" if {bits_mlp, bits_attn} <= {5, 6} else "mixed"
 
 
 def export_label(args) -> tuple[str, str]:
     """(size-line label, final-line name), e.g. ("int8+zlib", "int8_zlib")."""
     quant = "int8"
     if feature("mixed_quant"):
-        if args.quant_scheme == "mixed":
-            quant = mixed_label(args.bits_mlp, args.bits_attn)
+        if args.quant_scheme == "mixed":  # the block matrices' width; int5 MLP + int6 attn prints int6, as the records
+            bits = {args.bits_mlp, args.bits_attn}
+            quant = "fp16" if bits == {16} else f"int{max(bits)}" if len(bits) == 1 or bits <= {5, 6} else "mixed"
     return f"{quant}+{args.compressor}", f"{quant}_{args.compressor}"
 
 
 def check_export_args(args) -> None:
-    """Raise now, before training, for an export that would fail after it: a missing
-    compressor module, a bad level, width or clip list."""
-    if decompress_bytes(args, compress_bytes(args, b"check")) != b"check":
-        raise RuntimeError(f"COMPRESSOR={args.compressor} does not round-trip")
-    quantize_for_export(args, {})
-    if feature("prune"):
-        prune_state_dict({}, args.prune_frac)
+    """Raise before training for an export that would fail after it: export and import an empty state dict."""
+    import_model(args, export_model(args, {})[0])
 
 
 def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
     """(compressed artifact, stats) for a state dict: prune, quantize, torch.save, compress."""
-    pruned = 0
     if feature("prune"):
-        if args.prune_frac > 0:
-            state_dict, pruned = prune_state_dict(state_dict, args.prune_frac)
+        state_dict, pruned = prune_state_dict(state_dict, args.prune_frac)
+    else:
+        pruned = 0
     obj, stats = quantize_for_export(args, state_dict)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -368,5 +299,4 @@ def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
 
 def import_model(args, blob: bytes) -> dict[str, Tensor]:
     """The state dict (original dtypes, CPU) behind an artifact made by export_model."""
-    obj = torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu")
-    return dequantize_state_dict_int8(obj)
+    return dequantize_state_dict_int8(torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu"))

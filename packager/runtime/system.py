@@ -14,26 +14,20 @@ FEATURES: dict[str, str] = {}
 
 
 def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
-    """(distributed, rank, world_size, local_rank, device) from torchrun's env vars.
-
-    CUDA ranks use NCCL; CPU ranks use gloo, so the same script runs under
-    `torchrun --nproc_per_node=2` on a laptop.
-    """
+    """(distributed, rank, world_size, local_rank, device) from torchrun's env vars; gloo on CPU, NCCL on CUDA."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size <= 0 or 8 % world_size != 0:
         raise ValueError(f"WORLD_SIZE={world_size} must divide 8 so grad_accum_steps stays integral")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if distributed:
-        if device.type == "cuda":
+        if cuda:
             dist.init_process_group(backend="nccl", device_id=device)
-        else:
+        else:  # gloo: the same script runs under `torchrun --nproc_per_node=2` on a laptop
             dist.init_process_group(backend="gloo")
         dist.barrier()
     return distributed, rank, world_size, local_rank, device
@@ -66,19 +60,18 @@ def all_reduce_(tensor: torch.Tensor, op=None) -> torch.Tensor:
 
 
 def device_description(device: torch.device, world_size: int) -> str:
-    if device.type == "cuda":
-        return f"{world_size}x{torch.cuda.get_device_name(device)}"
-    return f"{world_size}xcpu"
+    return f"{world_size}x{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+
+
+def python_version() -> str:
+    return sys.version.split()[0]
 
 
 def free_log_path(folder: Path, seed: int) -> Path:
-    """train_seed<N>.log in `folder`, or the first train_seed<N>_run<K>.log that does not
-    exist: a participant's earlier log is never overwritten."""
-    path = folder / f"train_seed{seed}.log"
-    k = 2
+    """train_seed<N>.log, or the first free train_seed<N>_run<K>.log: an earlier log is never overwritten."""
+    path, k = folder / f"train_seed{seed}.log", 2
     while path.exists():
-        path = folder / f"train_seed{seed}_run{k}.log"
-        k += 1
+        path, k = folder / f"train_seed{seed}_run{k}.log", k + 1
     return path
 
 
@@ -86,24 +79,17 @@ class Logger:
     """Rank-0 logger: every line goes to stdout and, flushed, to the seed's log file."""
 
     def __init__(self, path: Path | None, master: bool):
-        self.master = master
-        self.path = path
-        self._file = open(path, "x", encoding="utf-8") if master and path is not None else None
+        self.master, self.path = master, path
+        self.file = open(path, "x", encoding="utf-8") if master and path is not None else None
 
     def __call__(self, msg: str, console: bool = True) -> None:
-        if not self.master:
-            return
-        if console:
+        if self.master and console:
             print(msg, flush=True)
-        if self._file is not None:
-            self._file.write(msg + "\n")
-            self._file.flush()
+        if self.file is not None:
+            self.file.write(msg + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def python_version() -> str:
-    return sys.version.split()[0]
+        if self.file is not None:
+            self.file.close()
+            self.file = None

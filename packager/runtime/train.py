@@ -89,9 +89,7 @@ def wrap_ddp(model, device: torch.device, local_rank: int) -> DDP:
 
 
 def train_step(args, model, loader, optimizers, grad_accum_steps: int, device, distributed: bool):
-    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss."""
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
+    """Gradients of one step over grad_accum_steps micro-batches; returns the mean loss."""
     total = torch.zeros((), device=device)
     for micro in range(grad_accum_steps):
         if distributed:
@@ -114,13 +112,12 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
         train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
         for opt in optimizers:
             opt.step()
+            opt.zero_grad(set_to_none=True)
         if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
             log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
     base_model.load_state_dict(init_model, strict=True)
     for opt, state in zip(optimizers, init_opts):
         opt.load_state_dict(state)
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
 
 
 def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0,
@@ -164,7 +161,6 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
             torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
         for opt in optimizers:
             opt.step()
-        for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         step += 1
         if averager is not None:

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from packager.runtime.evaluate import eval_windows, finish_scores, rank_share, score_windows
-from packager.runtime.bpb import count_bytes
+from packager.runtime.bpb import count_bytes, finish_scores
+from packager.runtime.evaluate import eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 from packager.runtime.system import all_reduce_, autocast_ctx
@@ -31,7 +31,8 @@ FEATURES = {
     "ttt_two_phase": ("score-first two-phase TTT: scalars (Adam), then last blocks + head (SGD)",
                       "ttt_mode == 'two_phase'"),
     "ttt_pre_eval": ("ILLEGAL pre-eval TTT: epochs on all validation tokens, then scoring", "ttt_mode == 'pre_eval'"),
-    "ttt_full": ("full-weight TTT by batches of validation sequences", "ttt_mode in ('chunked', 'two_phase', 'pre_eval')"),
+    "ttt_full": ("full-weight TTT by batches of validation sequences",
+                 "ttt_mode in ('chunked', 'two_phase', 'pre_eval')"),
     "ttt_score_first": ("validation split into TTT chunks", "ttt_mode in ('chunked', 'two_phase')"),
     "ttt_sgd": ("one SGD optimizer over the TTT weights", "ttt_mode in ('chunked', 'pre_eval')"),
 }
@@ -78,8 +79,7 @@ BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 
-def eval_ttt(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts, log0,
-             ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
     run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
     if feature("ttt_lora"):
@@ -97,10 +97,8 @@ def eval_ttt(args, model: nn.Module, rank: int, world_size: int, device, val_tok
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
-def ttt_epoch(args, model: nn.Module, params: list, opt, val_tokens: Tensor, lo: int, hi: int,
-              rank: int, world_size: int, device, ledger=None) -> None:
-    """One pass over the train_seq_len rows of targets [lo, hi). Every rank takes the same
-    steps; a step's gradient is the mean over its rows on all ranks."""
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
+    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -114,10 +112,8 @@ def ttt_epoch(args, model: nn.Module, params: list, opt, val_tokens: Tensor, lo:
             with autocast_ctx(device):
                 loss = model(rows[:-1].view(-1, seq_len), rows[1:].view(-1, seq_len))
             (loss * ((b - a) / (r1 - r0))).backward()
-        for p in params:
-            if p.grad is None:  # a rank without rows in this step still joins the all-reduce
-                p.grad = torch.zeros_like(p)
-            all_reduce_(p.grad)
+        for p in params:  # a rank without rows in this step still joins the all-reduce
+            p.grad = all_reduce_(p.grad if p.grad is not None else torch.zeros_like(p))
         if args.ttt_grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
         opt.step()
@@ -125,24 +121,18 @@ def ttt_epoch(args, model: nn.Module, params: list, opt, val_tokens: Tensor, lo:
             ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
 
 
-def score_first_ttt(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts,
-                    ledger, train_chunk) -> tuple[float, float]:
-    """Per chunk of ttt_chunk_tokens targets: score the windows whose scored span starts in it
-    (covering the chunk), then train_chunk(ci, chunks, lo, hi), except on the last chunk."""
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
+    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
-    chunks = (total + size - 1) // size
-    groups = [[] for _ in range(chunks)]
+    groups = [[] for _ in range((total + size - 1) // size)]
     for w in eval_windows(args, total):
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    for ci, wins in enumerate(groups):
-        model.eval()
-        score_windows(model, rank_share(wins, rank, world_size), val_tokens, luts, device, sums,
-                      args.ttt_batch_seqs, ledger)
-        if ci < chunks - 1:
-            train_chunk(ci, chunks, ci * size, min((ci + 1) * size, total))
-    model.requires_grad_(True)
-    model.train()
+    for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
+        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
+        if ci < len(groups) - 1:
+            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+    model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
@@ -156,28 +146,23 @@ def cosine_lr(base: float, i: int, n: int, on: bool) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * i / max(n, 1))) if on else base
 
 
-def eval_ttt_chunked(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts,
-                     log0, ledger=None) -> tuple[float, float]:
+def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Score-first chunk TTT: score a chunk's windows, then ttt_epochs SGD passes on it."""
     if ledger is not None:
         ledger.begin("ttt_chunked")
     params, opt = sgd_setup(args, model)
 
     def train_chunk(ci, chunks, lo, hi):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
+        opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
         for _ in range(args.ttt_epochs):
             ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-
     return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
 
 
 def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
-    """(phase 1, phase 2 params, head name). Phase 1: every gain, scale and mix (vectors and
-    control tensors; the baseline's RMSNorm has no weights). Phase 2: the last
-    ttt_phase2_last_k blocks, those scalars and the output head (tok_emb when tied)."""
-    phase1 = [p for name, p in model.named_parameters()
-              if p.ndim < 2 or any(k in name for k in CONTROL_TENSOR_NAME_PATTERNS)]
+    """(phase 1, phase 2 params, head name): 1 = gains, scales, mixes; 2 = last blocks, those scalars, the head."""
+    # Phase 1 is every vector and control tensor (the baseline's RMSNorm has no weights); head is tok_emb when tied.
+    phase1 = [p for n, p in model.named_parameters() if p.ndim < 2 or any(k in n for k in CONTROL_TENSOR_NAME_PATTERNS)]
     head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
     last = list(model.blocks)[max(len(model.blocks) - args.ttt_phase2_last_k, 0) :] if args.ttt_phase2_last_k else []
     phase2 = list({id(p): p for p in [q for b in last for q in b.parameters()] + phase1 + [head]}.values())
@@ -187,34 +172,27 @@ def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
     return phase1, phase2, "tok_emb (tied embeddings)" if model.lm_head is None else "lm_head"
 
 
-def eval_ttt_two_phase(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts,
-                       log0, ledger=None) -> tuple[float, float]:
+def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Score-first two-phase TTT: per chunk, score it, then phase 1 (Adam) and phase 2 (SGD) on it."""
     if ledger is not None:
         ledger.begin("ttt_two_phase")
     phase1, phase2, head = two_phase_params(args, model)
-    log0(f"ttt_two_phase: phase1 tensors:{len(phase1)} params:{sum(p.numel() for p in phase1)} "
-         f"phase2 tensors:{len(phase2)} params:{sum(p.numel() for p in phase2)} "
-         f"last_blocks:{args.ttt_phase2_last_k} head:{head}")
-    phases = ((phase1, args.ttt_phase1_lr, args.ttt_phase1_epochs, lambda p, lr: torch.optim.Adam(p, lr=lr)),
-              (phase2, args.ttt_phase2_lr, args.ttt_phase2_epochs,
-               lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=args.ttt_phase2_momentum)))
+    log0(f"ttt_two_phase: phase1 tensors:{len(phase1)} params:{sum(p.numel() for p in phase1)} phase2 tensors:"
+         f"{len(phase2)} params:{sum(p.numel() for p in phase2)} last_blocks:{args.ttt_phase2_last_k} head:{head}")
 
     def train_chunk(ci, chunks, lo, hi):
         # Each phase runs on the chunk as seed 000 ran it on the whole split: a fresh optimizer
         # and, with ttt_cosine, an LR cosine over the phase's epochs.
-        for params, lr, epochs, make_opt in phases:
-            opt = make_opt(params, lr)
+        adam = torch.optim.Adam(phase1, lr=args.ttt_phase1_lr)
+        sgd = torch.optim.SGD(phase2, lr=args.ttt_phase2_lr, momentum=args.ttt_phase2_momentum)
+        for params, opt, epochs in ((phase1, adam, args.ttt_phase1_epochs), (phase2, sgd, args.ttt_phase2_epochs)):
             for ep in range(epochs):
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(lr, ep, epochs, args.ttt_cosine)
+                opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
                 ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-
     return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
 
 
-def eval_ttt_pre_eval(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts,
-                      log0, ledger=None) -> tuple[float, float]:
+def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """ILLEGAL: ttt_epochs SGD passes over every validation token, then scoring them all."""
     if not args.ttt_allow_illegal:
         raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
@@ -226,15 +204,12 @@ def eval_ttt_pre_eval(args, model: nn.Module, rank: int, world_size: int, device
     params, opt = sgd_setup(args, model)
     total = val_tokens.numel() - 1
     for ep in range(args.ttt_epochs):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
+        opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
         ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    model.eval()
     score_windows(model, rank_share(eval_windows(args, total), rank, world_size), val_tokens, luts, device,
                   sums, args.ttt_batch_seqs, ledger)
-    model.requires_grad_(True)
-    model.train()
+    model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
@@ -252,11 +227,8 @@ class BatchedLoRA(nn.Module):
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
 
-def eval_ttt_lora(args, model: nn.Module, rank: int, world_size: int, device, val_tokens: Tensor, luts,
-                  log0, ledger=None) -> tuple[float, float]:
-    """Per-document LoRA TTT on frozen weights: each ttt_chunk_len chunk is scored with the
-    document's adapters, then one Adam step on it, except on the document's last chunk.
-    Documents are split across ranks and batched, shortest first."""
+def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+    """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
     if ledger is not None:
         ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
@@ -283,14 +255,13 @@ def eval_ttt_lora(args, model: nn.Module, rank: int, world_size: int, device, va
         lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
         for h in hooks:
             h.remove()
-    model.requires_grad_(True)
-    model.train()
+    model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
 def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
-    """Chunk by chunk over a batch of documents: score with the current adapters, then one step
-    on the chunks that are not their document's last. Windows never reach before a document."""
+    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
+    # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, args.train_seq_len
     if feature("eval_seq_len"):
         seq_len = args.eval_seq_len or seq_len
@@ -298,7 +269,8 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
     head = adapters["head0"] if "head0" in adapters else None
     for ci in range(max(n_chunks)):
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
-        y, scored, trained = torch.zeros_like(x), torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
+        y = torch.zeros_like(x)
+        scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
         spans = []  # (row, first scored column, end column, window start, trains)
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:

@@ -1,0 +1,142 @@
+"""Every shipped recipe renders under the limits and runs end to end on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from packager.cli import pack
+from packager.recipe import load_recipe
+from packager.render import MAX_LINES, render_script
+from packager.wrap import wrap_lzma_b85
+
+from tests.test_e2e import run_torchrun, smoke_env
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+SEEDS = [p for p in RECIPES if p.stem != "naive_baseline"]
+
+# Parameters of each recipe's full-size model, as rendered. Pinned: a change here is a
+# change to what a recipe trains and must be deliberate.
+PARAMS = {
+    "naive_baseline": 17_059_912,
+    "qat_bigramhash12k_stride32": 25_779_281,
+    "two_phase_ttt": 26_993_756,
+    "legal_score_first_ttt": 26_993_756,
+    "illegal_pre_eval_ttt": 26_993_756,
+    "lora_ttt_swiglu_1xh100": 26_502_232,
+}
+
+# Per-recipe smoke overrides: shrink evaluation and TTT so a run takes seconds, while
+# still exercising every eval path (the TTT chunk is smaller than the validation split
+# so that some chunks are trained on).
+SMOKE = {
+    "EVAL_SEQ_LEN": "128", "EVAL_STRIDE": "64", "TTT_CHUNK_TOKENS": "4096", "TTT_EPOCHS": "1",
+    "TTT_PHASE1_EPOCHS": "1", "TTT_PHASE2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_PHASE2_LAST_K": "1",
+    "ITERATIONS": "6", "WARMUP_STEPS": "1", "TRAIN_LOG_EVERY": "3", "XSA_LAST_N": "1", "VE_LAYERS": "1",
+    "BIGRAM_VOCAB_SIZE": "512", "BIGRAM_DIM": "32", "VE_DIM": "32", "ROPE_DIMS": "8",
+}
+FINAL_LINE = {
+    "naive_baseline": "final_int8_zlib_roundtrip",
+    "qat_bigramhash12k_stride32": "final_sliding_window",
+    "two_phase_ttt": "final_ttt_two_phase",
+    "legal_score_first_ttt": "legal_ttt",
+    "lora_ttt_swiglu_1xh100": "final_ttt_lora",
+    "illegal_pre_eval_ttt": "final_ttt_pre_eval",
+}
+
+
+def load_script(text: str, tmp_path: Path, name: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scripts() -> dict[str, str]:
+    return {p.stem: render_script(load_recipe(p)) for p in RECIPES}
+
+
+def test_all_six_recipes_exist():
+    assert set(FINAL_LINE) == {p.stem for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", [p.stem for p in RECIPES])
+def test_renders_short_clean_and_deterministic(recipe, scripts):
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    text = scripts[recipe]
+    assert text.count("\n") <= MAX_LINES
+    out = io.StringIO()
+    assert check(text, "train_gpt.py", Reporter(out, out)) == 0, out.getvalue()
+    assert render_script(load_recipe(ROOT / "recipes" / f"{recipe}.yaml")) == text
+
+
+@pytest.mark.parametrize("recipe", [p.stem for p in SEEDS])
+def test_wrapped_seed_script_is_at_most_30_percent(recipe, scripts):
+    text = scripts[recipe]
+    wrapped = wrap_lzma_b85(text, text.splitlines()[0])
+    assert len(wrapped.encode()) <= 0.30 * len(text.encode()), (len(wrapped), len(text))
+
+
+@pytest.mark.parametrize("recipe", [p.stem for p in RECIPES])
+def test_parameter_count_is_pinned(recipe, scripts, tmp_path):
+    module = load_script(scripts[recipe], tmp_path, f"params_{recipe}")
+    model = module.GPT(module.Hyperparameters())
+    n = sum(p.numel() for p in model.parameters())
+    assert recipe in PARAMS, f"pin the parameter count of {recipe}: {n}"
+    assert n == PARAMS[recipe]
+
+
+def test_pre_eval_readme_says_not_allowed(tmp_path):
+    result = CliRunner().invoke(pack, [str(ROOT / "recipes" / "illegal_pre_eval_ttt.yaml"), "--records", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "track_non_record_16mb").iterdir()
+    assert "not allowed for records" in (folder / "README.md").read_text().lower()
+
+
+def test_pre_eval_is_refused_on_the_record_track(tmp_path):
+    data = yaml.safe_load((ROOT / "recipes" / "illegal_pre_eval_ttt.yaml").read_text())
+    data["identity"]["track"] = "10min_16mb"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(pack, [str(bad), "--records", str(tmp_path / "records")])
+    assert result.exit_code == 2 and "ttt.mode: pre_eval TTT trains on validation tokens" in result.output
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    records = tmp_path_factory.mktemp("recipes")
+    out = {}
+    for p in RECIPES:
+        result = CliRunner().invoke(pack, [str(p), "--records", str(records)])
+        assert result.exit_code == 0, result.output
+        out[p.stem] = Path(result.output.split(":")[0])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("recipe", [p.stem for p in SEEDS])
+def test_seed_recipe_runs_on_cpu(recipe, nproc, rendered, tiny_data):
+    folder = rendered[recipe]
+    env = smoke_env(tiny_data, SEED=str(100 + nproc), **SMOKE)
+    result = run_torchrun(folder, nproc, env, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    name = FINAL_LINE[recipe]
+    assert re.search(rf"^{name} val_loss:\d+\.\d{{4}} val_bpb:\d+\.\d{{4}}", result.stdout, re.M), result.stdout[-2000:]
+    res = json.loads(re.search(r"^golf_result_json:(.*)$", result.stdout, re.M).group(1))
+    assert res["eval_path"] == name and res["world_size"] == nproc
+    assert re.search(r"^model_params:\d+$", result.stdout, re.M)
