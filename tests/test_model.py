@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from packager.hparams import load_baseline_recipe, resolve
 from packager.runtime import model as M
 
+from tests.model_helpers import one_thread  # noqa: F401 (autouse fixture)
+
 # The public baseline (root train_gpt.py of openai/parameter-golf) logs model_params:17059912.
 BASELINE_PARAMS = 17_059_912
 BLOCK_KEYS = (  # state_dict order inside one block: own parameters first, then children
@@ -22,13 +24,6 @@ BLOCK_KEYS = (  # state_dict order inside one block: own parameters first, then 
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def model_args(**overrides) -> SimpleNamespace:
     """args holding this module's declared HPs (defaults) plus vocab_size, owned by data."""

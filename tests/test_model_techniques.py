@@ -20,7 +20,8 @@ from packager.render import recipe_features, render_script
 from packager.runtime import model as M
 from packager.runtime import optim as O
 
-TRAIN_DEFAULTS = dict(iterations=20000, warmdown_iters=1200, max_wallclock_seconds=600.0)  # declared in train.py
+from tests.model_helpers import model_optim_args, one_thread  # noqa: F401 (autouse fixture)
+
 TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
     "leaky_relu2": dict(activation="leaky_relu2"),
     "swiglu": dict(activation="swiglu"),
@@ -38,20 +39,12 @@ TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
 ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_args(**overrides) -> SimpleNamespace:
-    """Defaults of every model and optimizer HP (techniques off), a tiny 4-layer shape, overrides."""
-    values = resolve(None, M.HPARAMS + O.HPARAMS)
-    values.update(vocab_size=96, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, **TRAIN_DEFAULTS)
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    """Every model and optimizer HP at its default (techniques off), a tiny 4-layer shape, overrides."""
+    shape = dict(vocab_size=96, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2)
+    return model_optim_args(**(shape | overrides))
 
 
 def noisy_model(seed: int = 0, **overrides) -> M.GPT:

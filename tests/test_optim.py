@@ -16,24 +16,15 @@ from packager.hparams import load_baseline_recipe, resolve
 from packager.runtime import model as M
 from packager.runtime import optim as O
 
-TRAIN_DEFAULTS = dict(iterations=20000, warmdown_iters=1200, max_wallclock_seconds=600.0)  # declared in train.py
+from tests.model_helpers import model_optim_args, one_thread  # noqa: F401 (autouse fixture)
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 def make_test_args(**overrides) -> SimpleNamespace:
     """Defaults of the model and optimizer HPs, plus the train values the schedules read."""
-    values = resolve(None, M.HPARAMS + O.HPARAMS)
-    values.update(vocab_size=1024, **TRAIN_DEFAULTS)
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return model_optim_args(**overrides)
 
 
 def tiny_args(**overrides) -> SimpleNamespace:
