@@ -18,7 +18,6 @@ import hashlib
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from packager import __version__
@@ -330,7 +329,7 @@ def render_script(recipe, *, version: str = __version__) -> str:
     needed = [line for bound, line in entries.items() if bound in used]
     name = recipe.identity["name"]
     header = (
-        f"{GENERATED_MARK} {version} from recipe {recipe.path.name} (sha256 {recipe.sha256}).\n"
+        f"{GENERATED_MARK} {version} from recipe {recipe.slug} (sha256 {recipe.sha256}).\n"
         f"# Edit the recipe and run golf-pack again rather than editing this file by hand.\n"
         f'"""{name}: a Parameter Golf training script.\n\n'
         f"Run: torchrun --standalone --nproc_per_node=8 train_gpt.py\n"

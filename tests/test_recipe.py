@@ -132,3 +132,11 @@ def test_cli_bad_recipe_is_one_line_exit_2_and_no_folder(tmp_path):
 def test_cli_missing_file(tmp_path):
     result = CliRunner().invoke(pack, [str(tmp_path / "nope.yaml"), "--records", str(tmp_path)])
     assert result.exit_code == 2 and "no such recipe file" in result.output
+
+
+def test_lora_chunk_longer_than_the_window_is_refused(tmp_path):
+    data = yaml.safe_load(BASELINE.read_text())
+    data["train"]["train_seq_len"] = 128
+    data["ttt"] = {"mode": "lora", "chunk_len": 256}
+    with pytest.raises(UserError, match="ttt.chunk_len: chunk_len 256 must be at most the eval sequence length 128"):
+        load_recipe(write(tmp_path, yaml.safe_dump(data)))

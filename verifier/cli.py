@@ -1,16 +1,59 @@
-"""golf-verify command line (argument parsing only; the work is in verifier.verify_folder).
+"""golf-verify command line (argument parsing only; the work is in verifier.verify_folder, verifier.rerun
+and verifier.probes).
 
 Exit codes: 0 pass, 1 findings at error level, 2 usage error or unreadable input."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
+from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from verifier import VerifyError, __version__, load_script_facts, verify_folder
-from verifier.report import render_github, render_json, render_text
+from verifier.report import Report, _escape_data, _escape_prop, render_github, render_json, render_text
 from verifier.stats import DEFAULT_POLICY, available_policies
+
+_SEEDS_VALUE = re.compile(r"\d{1,15}(?:,\d{1,15})*")
+
+
+def _expand_seeds(args: list[str]) -> list[str]:
+    """`--seeds 1 2 3` and `--seeds 1,2,3` -> `--seeds 1 --seeds 2 --seeds 3` (click options take one value)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok == "--":
+            return out + args[i:]
+        if tok.startswith("--seeds="):
+            out += [x for v in tok.split("=", 1)[1].split(",") if v for x in ("--seeds", v)]
+            i += 1
+            continue
+        if tok == "--seeds":
+            j = i + 1
+            values = []
+            while j < len(args) and _SEEDS_VALUE.fullmatch(args[j]):
+                values += args[j].split(",")
+                j += 1
+            if not values:  # let click report the missing value
+                out.append(tok)
+                i += 1
+                continue
+            for v in values:
+                out += ["--seeds", v]
+            i = j
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+class _Command(click.Command):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _expand_seeds(list(args)))
 
 
 def _list_checks(ctx, _param, value):
@@ -22,7 +65,27 @@ def _list_checks(ctx, _param, value):
     ctx.exit(0)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _parse_env(values) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise click.UsageError(f"--env {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _emit(reports: list[Report], fmt: str, color) -> None:
+    if fmt == "json":
+        click.echo(render_json(reports))
+    elif fmt == "github":
+        click.echo(render_github(reports))
+    else:
+        use_color = sys.stdout.isatty() if color is None else color
+        click.echo(render_text(reports, color=use_color))
+
+
+@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--against", type=click.Path(), default=None,
               help="Record folder to beat; adds the significance test (per-seed val_loss, Welch).")
@@ -34,18 +97,59 @@ def _list_checks(ctx, _param, value):
               help="strict: golf-pack output rules; legacy: lenient rules for older records; auto: detect.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
               help="text for people, json for tools (schema: verifier/schemas/report.json), github for "
-                   "workflow annotations.")
+                   "workflow annotations (the default with --ci).")
 @click.option("--script-facts", type=click.Path(exists=True, dir_okay=False), default=None,
               help="SCRIPTS.json-style facts (bytes, lines, sha256, unwrapped size) for folders that ship no .py files.")
 @click.option("--color/--no-color", default=None, help="Colour the text report (default: when stdout is a terminal).")
 @click.option("--list-checks", is_flag=True, expose_value=False, is_eager=True, callback=_list_checks,
               help="List the checks (id, severity, title) and exit.")
+@click.option("--rerun", is_flag=True,
+              help="Run train_gpt.py again per seed (torchrun, in a temporary copy, offline, with a timeout), save "
+                   "the logs under FOLDER/verify/<timestamp>/ and check them; executes the submission's code.")
+@click.option("--smoke", is_flag=True,
+              help="With --rerun: on CPU with the tiny dataset and a small model (SMOKE_OVERRIDES); scores are not "
+                   "compared with the claims.")
+@click.option("--seeds", type=int, multiple=True,
+              help="With --rerun: seeds to run (`--seeds 1 2` or `--seeds 1,2`); default: the seeds the folder claims.")
+@click.option("--nproc", type=int, default=None,
+              help="With --rerun/--probe: processes per seed (default: all visible GPUs; 1 when none).")
+@click.option("--data-path", type=click.Path(), default=None,
+              help="With --rerun/--probe: folder of fineweb_{train,val}_*.bin shards (DATA_PATH).")
+@click.option("--tokenizer-path", type=click.Path(), default=None,
+              help="With --rerun/--probe: SentencePiece model (TOKENIZER_PATH).")
+@click.option("--timeout", type=float, default=None,
+              help="With --rerun/--probe: hard limit in seconds per seed (default 1500; 300 with --smoke).")
+@click.option("--tolerance", type=float, default=None,
+              help="With --rerun: largest |reproduced - claimed| val_bpb that counts as reproduced (default 0.002).")
+@click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE",
+              help="With --rerun: extra environment for the run (recorded in rerun.json), e.g. --env TORCH_COMPILE=0.")
+@click.option("--probe", is_flag=True, help="Run the dynamic probes of verifier.probes on FOLDER.")
+@click.option("--ci", is_flag=True,
+              help="Verify every record folder (one with submission.json or train_gpt.py) under the FOLDERS given; "
+                   "GitHub annotations; exit 1 on any error; pending folders are reported as pending.")
 @click.version_option(__version__, prog_name="golf-verify")
-def main(folders, against, sota_loss, sota_bpb, policy, profile, fmt, script_facts, color):
-    """Verify Parameter Golf record FOLDERS without running their code."""
+@click.pass_context
+def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, script_facts, color, rerun, smoke,
+         seeds, nproc, data_path, tokenizer_path, timeout, tolerance, env_items, probe, ci):
+    """Verify Parameter Golf record FOLDERS without running their code (or, with --rerun, by running it)."""
     given = [x for x in (against, sota_loss, sota_bpb) if x is not None]
     if len(given) > 1:
         raise click.UsageError("give at most one of --against, --sota-loss, --sota-bpb")
+    modes = [name for name, on in (("--rerun", rerun), ("--probe", probe), ("--ci", ci)) if on]
+    if len(modes) > 1:
+        raise click.UsageError(f"give at most one of {', '.join(modes)}")
+    rerun_only = [name for name, on in (("--smoke", smoke), ("--seeds", seeds), ("--tolerance", tolerance is not None),
+                                        ("--env", env_items)) if on]
+    if rerun_only and not rerun:
+        raise click.UsageError(f"{', '.join(rerun_only)} only with --rerun")
+    run_opts = [name for name, on in (("--nproc", nproc is not None), ("--data-path", data_path),
+                                      ("--tokenizer-path", tokenizer_path), ("--timeout", timeout is not None)) if on]
+    if run_opts and not (rerun or probe):
+        raise click.UsageError(f"{', '.join(run_opts)} only with --rerun or --probe")
+    if (rerun or probe or ci) and given:
+        raise click.UsageError(f"--against/--sota-loss/--sota-bpb cannot be combined with {modes[0]}")
+    if (rerun or probe) and len(folders) != 1:
+        raise click.UsageError(f"{modes[0]} takes exactly one record folder")
     facts = None
     if script_facts:
         try:
@@ -53,20 +157,122 @@ def main(folders, against, sota_loss, sota_bpb, policy, profile, fmt, script_fac
         except (OSError, ValueError) as exc:
             click.echo(f"golf-verify: cannot read --script-facts: {exc}", err=True)
             sys.exit(2)
+    prof = None if profile == "auto" else profile
+    if rerun:
+        _rerun(folders[0], seeds=list(seeds), nproc=nproc, data_path=data_path, tokenizer_path=tokenizer_path,
+               timeout=timeout, tolerance=tolerance, smoke=smoke, env=_parse_env(env_items), policy=policy,
+               profile=prof, fmt=fmt, color=color)
+    if probe:
+        _probe(folders[0], nproc=nproc, data_path=data_path, tokenizer_path=tokenizer_path, timeout=timeout,
+               fmt=fmt, color=color)
+    if ci:
+        if ctx.get_parameter_source("fmt") == ParameterSource.DEFAULT:
+            fmt = "github"
+        _ci(folders, policy=policy, profile=prof, facts=facts, fmt=fmt, color=color)
     reports = []
     try:
         for folder in folders:
             reports.append(verify_folder(folder, against=against, sota_loss=sota_loss, sota_bpb=sota_bpb,
-                                         policy=policy, profile=None if profile == "auto" else profile,
-                                         script_facts=facts, display=folder))
+                                         policy=policy, profile=prof, script_facts=facts, display=folder))
     except VerifyError as exc:
         click.echo(f"golf-verify: {exc}", err=True)
         sys.exit(2)
-    if fmt == "json":
-        click.echo(render_json(reports))
-    elif fmt == "github":
-        click.echo(render_github(reports))
-    else:
-        use_color = sys.stdout.isatty() if color is None else color
-        click.echo(render_text(reports, color=use_color))
+    _emit(reports, fmt, color)
     sys.exit(max(r.exit_code for r in reports))
+
+
+def _rerun(folder, *, seeds, nproc, data_path, tokenizer_path, timeout, tolerance, smoke, env, policy, profile, fmt,
+           color) -> None:
+    from verifier.rerun import DEFAULT_TOLERANCE_BPB, RerunError, render_rerun_text, rerun_folder
+
+    try:
+        outcome = rerun_folder(folder, seeds=seeds or None, nproc=nproc, data_path=data_path,
+                               tokenizer_path=tokenizer_path, timeout=timeout,
+                               tolerance=DEFAULT_TOLERANCE_BPB if tolerance is None else tolerance, smoke=smoke,
+                               extra_env=env, policy=policy, profile=profile, display=folder,
+                               progress=lambda msg: click.echo(f"[rerun] {msg}", err=True))
+    except RerunError as exc:
+        click.echo(f"golf-verify: {exc}", err=True)
+        sys.exit(2)
+    if fmt == "text":
+        click.echo(render_rerun_text(outcome))
+    _emit([outcome.report], fmt, color)
+    sys.exit(outcome.exit_code)
+
+
+def _probe(folder, *, nproc, data_path, tokenizer_path, timeout, fmt, color) -> None:
+    if importlib.util.find_spec("verifier.probes") is None:
+        raise click.UsageError("--probe: probes not available (this installation has no verifier/probes.py)")
+    from verifier import probes
+
+    run_probes = getattr(probes, "run_probes", None)
+    if run_probes is None:
+        raise click.UsageError("--probe: probes not available (verifier.probes has no run_probes)")
+    try:
+        base = verify_folder(folder, display=folder)  # profile and track of the folder
+    except VerifyError as exc:
+        click.echo(f"golf-verify: {exc}", err=True)
+        sys.exit(2)
+    given = {k: v for k, v in (("nproc", nproc), ("timeout", timeout)) if v is not None}
+    try:
+        result = run_probes(folder, data_path=data_path, tokenizer_path=tokenizer_path, **given)
+    except (VerifyError, ValueError, OSError) as exc:
+        click.echo(f"golf-verify: --probe: {exc}", err=True)
+        sys.exit(2)
+    findings = getattr(result, "findings", result)
+    skipped: list = []
+    if callable(findings):  # ProbeResult.findings(profile) -> (findings, skipped)
+        findings, skipped = findings(base.profile)
+    summary = {"probes": result.to_dict()} if callable(getattr(result, "to_dict", None)) else {}
+    report = Report(folder=str(folder), name=base.name, profile=base.profile, profile_reason=base.profile_reason,
+                    track=base.track, track_source=base.track_source, policy=base.policy,
+                    findings=list(findings or []), skipped=list(skipped or []), summary=summary, version=__version__)
+    _emit([report], fmt, color)
+    sys.exit(report.exit_code)
+
+
+def _ci(roots, *, policy, profile, facts, fmt, color) -> None:
+    from verifier.rerun import find_records
+
+    folders = []
+    for root in roots:
+        if not Path(root).is_dir():
+            click.echo(f"golf-verify: --ci: {root} is not a folder", err=True)
+            sys.exit(2)
+        folders += find_records(root)
+    if not folders:
+        click.echo(f"golf-verify: --ci: no record folder (submission.json or train_gpt.py) under {', '.join(roots)}",
+                   err=True)
+        sys.exit(2)
+    reports, broken = [], []
+    for folder in folders:
+        try:
+            reports.append(verify_folder(folder, policy=policy, profile=profile, script_facts=facts,
+                                         display=str(folder)))
+        except VerifyError as exc:
+            broken.append((str(folder), str(exc)))
+    if reports:
+        _emit(reports, fmt, color)
+    verdicts = {"pass": [], "pending": [], "fail": []}
+    for rep in reports:
+        verdicts[rep.verdict].append(rep.folder)
+    verdicts["fail"] += [name for name, _ in broken]
+    for name, message in broken:
+        if fmt == "github":
+            click.echo(f"::error file={_escape_prop(name)},title=golf-verify::{_escape_data(message)}")
+        else:
+            click.echo(f"golf-verify: {name}: {message}", err=True)
+    line = (f"golf-verify --ci: {len(reports) + len(broken)} record folder(s): {len(verdicts['pass'])} pass, "
+            f"{len(verdicts['pending'])} pending, {len(verdicts['fail'])} fail")
+    if fmt == "github":
+        click.echo(f"::notice title=golf-verify --ci::{_escape_data(line)}")
+        for name in verdicts["pending"]:
+            click.echo(f"::notice file={_escape_prop(name)},title=pending::"
+                       f"{_escape_data(name)}: pending (results not in yet; not passing)")
+    elif fmt == "text":
+        click.echo(line)
+        for name in verdicts["pending"]:
+            click.echo(f"  pending (not passing): {name}")
+        for name in verdicts["fail"]:
+            click.echo(f"  fail: {name}")
+    sys.exit(1 if verdicts["fail"] else 0)

@@ -32,6 +32,7 @@ SKIP_DIRS = {".git", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cach
 LOG_SUFFIXES = (".log", ".txt")
 NOT_LOGS = ("requirements", "readme", "license", "cmakelists", "notes", "todo")
 MANIFEST = ".golf-pack.json"
+RERUN_DIR = "verify"  # golf-verify --rerun saves verify/<timestamp>/{rerun.json, logs}
 
 
 class JFloat(float):
@@ -221,6 +222,8 @@ def _walk(root: str, folder: RecordFolder) -> list[tuple[str, str, int, str]]:
             if stat.S_ISDIR(st.st_mode):
                 if entry.name in SKIP_DIRS or (entry.name.startswith(".") and entry.name != "."):
                     continue
+                if rel_dir == RERUN_DIR and os.path.isfile(os.path.join(real_dir, entry.name, "rerun.json")):
+                    continue  # golf-verify --rerun output: reproductions, not the record's own logs
                 if depth + 1 > MAX_DEPTH:
                     folder.problems.append(ReadProblem(rel, f"nested deeper than {MAX_DEPTH} levels; not read"))
                     continue

@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from packager.errors import UserError
-from packager.hparams import all_hparams, resolve
+from packager.hparams import resolve
 from packager.recipe.schema import build_schema
 
 
@@ -176,6 +176,9 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
     stride, eval_len = v.get("sliding_stride", 0), v.get("eval_seq_len", 0) or v["train_seq_len"]
     if stride > eval_len:
         out.append(("eval.sliding_stride", f"sliding_stride {stride} must be at most the eval sequence length {eval_len}"))
+    if v.get("ttt_mode") == "lora" and v.get("ttt_chunk_len", 0) > eval_len:
+        out.append(("ttt.chunk_len", f"chunk_len {v['ttt_chunk_len']} must be at most the eval sequence length "
+                                     f"{eval_len}: a longer chunk would leave tokens unscored"))
     if v.get("ttt_mode") == "pre_eval":
         allowed = recipe.data.get("ttt", {}).get("allow_illegal_ttt", False)
         if recipe.track != "non_record_16mb" or not allowed:

@@ -44,6 +44,28 @@ IDENTITY = {
             },
             "description": "records or pull requests this one builds on (credited in README)",
         },
+        "compare_to": {
+            "oneOf": [
+                {"type": "string", "minLength": 1,
+                 "description": "a record folder, records/<track>/<folder>, relative to the repository root "
+                                "(the folder that holds records/); its seed logs (else its submission.json) "
+                                "give the figures"},
+                {"type": "object", "additionalProperties": False, "anyOf": [{"required": ["val_loss"]},
+                                                                            {"required": ["val_bpb"]}],
+                 "properties": {
+                     "record": {"type": "string", "description": "name shown in README"},
+                     "val_loss": {"type": "array", "minItems": 1,
+                                  "items": {"type": "number", "exclusiveMinimum": 0},
+                                  "description": "per-seed val_loss (nats) of the record to beat"},
+                     "val_bpb": {"type": "array", "minItems": 1,
+                                 "items": {"type": "number", "exclusiveMinimum": 0},
+                                 "description": "per-seed val_bpb, same seeds in the same order"}}},
+            ],
+            "description": "the record this one claims to beat: golf-pack states the significance of the "
+                           "improvement (policy readme-2026-03: 0.005 nats at p < 0.01) in README.md and "
+                           "submission.json; golf-pack --against PATH overrides it. The recipe is part of "
+                           "train_gpt.py (its sha256), so set it before the runs",
+        },
     },
 }
 

@@ -276,8 +276,10 @@ def main() -> None:
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
     final_name = f"final_{export_label(args)[1]}_roundtrip"
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_fn(model)))]
     ledger = Ledger(rank, val_tokens.numel())
+    ledger.begin("roundtrip")
+    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
     if feature("sliding"):
         paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
             args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))

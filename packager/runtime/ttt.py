@@ -265,6 +265,9 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
     size, seq_len = args.ttt_chunk_len, args.train_seq_len
     if feature("eval_seq_len"):
         seq_len = args.eval_seq_len or seq_len
+    if size > seq_len:
+        # A chunk longer than the scoring window would leave its first tokens unscored.
+        raise ValueError(f"TTT_CHUNK_LEN={size} must be at most the eval window {seq_len}")
     n_chunks = [(hi - lo + size - 1) // size for lo, hi in batch]
     head = adapters["head0"] if "head0" in adapters else None
     for ci in range(max(n_chunks)):

@@ -150,7 +150,44 @@ def analyse_source(text: str) -> tuple[list[dict], str | None]:
             if m:
                 flags.append({"kind": "train-data-in-eval", "line": func.lineno, "function": fname,
                               "detail": f"evaluation code refers to training data ({m.group(0)})"})
-    return flags, None
+    return [f for f in flags if not _scored_at_every_call(tree, f)], None
+
+
+def _own_nodes(func):
+    """Nodes of a function's own body, not of functions defined inside it."""
+    todo = list(ast.iter_child_nodes(func))
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def _scored_at_every_call(tree, flag: dict) -> bool:
+    """True when a function flagged for training before scoring is only ever reached from loops
+    that score (inference-mode block or a score/eval call) earlier in the same iteration: the
+    score-first pattern split across helpers (`score chunk; train_chunk(...)` -> `train_epoch(...)`)."""
+    if flag["kind"] not in ("val-training-before-scoring", "multi-epoch-val-training") or not flag["function"]:
+        return False
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+    def safe(name: str, seen: frozenset) -> bool:
+        if name in seen or len(seen) > 4:
+            return False
+        sites = 0
+        for func in funcs:
+            for call in [c for c in _own_nodes(func) if isinstance(c, ast.Call) and _name(c.func) == name]:
+                sites += 1
+                loops = [lp for lp in _loops(func) if lp.lineno <= call.lineno <= lp.end_lineno]
+                inner = max(loops, key=lambda lp: lp.lineno) if loops else None
+                if inner is not None and any(ln < call.lineno for ln in _scoring_lines(inner)):
+                    continue
+                # Not scored here: safe only if the enclosing function is itself reached safely.
+                if not safe(func.name, seen | {name}):
+                    return False
+        return sites > 0
+
+    return safe(flag["function"], frozenset())
 
 
 _SEVERITY = {"network": None, "warmup-on-val": "error", "multi-epoch-val-training": "error",
