@@ -20,6 +20,8 @@ def _fail(exc: UserError) -> None:
 @click.argument("source", type=click.Path(path_type=Path), required=False)
 @click.option("--records", "records_root", type=click.Path(path_type=Path), default=Path("records"), show_default=True,
               help="Root of the records tree the folder is written under.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Write the record folder exactly here instead of records/<track>/<date>_<slug>/.")
 @click.option("--force", is_flag=True, help="Overwrite generated files that were edited by hand.")
 @click.option("--against", default=None, metavar="PATH",
               help="Record folder to beat (overrides the recipe's identity.compare_to; remembered in the "
@@ -34,7 +36,7 @@ def _fail(exc: UserError) -> None:
                                              "files that differ and exit 1. Writes nothing.")
 @click.option("--print-schema", is_flag=True, help="Print the recipe JSON Schema and exit.")
 @click.version_option(__version__, prog_name="golf-pack")
-def pack(source: Path | None, records_root: Path, force: bool, against: str | None, allow_partial: bool | None,
+def pack(source: Path | None, records_root: Path, out: Path | None, force: bool, against: str | None, allow_partial: bool | None,
          policy: str | None, check: bool, print_schema: bool) -> None:
     """Render a recipe (recipes/<name>.yaml) into records/<track>/<date>_<slug>/.
 
@@ -54,6 +56,8 @@ def pack(source: Path | None, records_root: Path, force: bool, against: str | No
     if source is None:
         raise click.UsageError("give a recipe file (recipes/<name>.yaml)")
     try:
+        if source.is_dir() and out is not None:
+            raise UserError("--out applies to a recipe file; a folder is rendered in place", str(source))
         if source.is_dir():
             if not (source / "recipe.yaml").exists():
                 raise UserError("no recipe.yaml in this folder", str(source))
@@ -61,7 +65,7 @@ def pack(source: Path | None, records_root: Path, force: bool, against: str | No
             folder = source
         else:
             recipe = load_recipe(source)
-            folder = folder_for(recipe, records_root)
+            folder = out if out is not None else folder_for(recipe, records_root)
         rendered = render_folder(recipe, folder, against=against, allow_partial=allow_partial, policy=policy)
         files = rendered.files
         if check:

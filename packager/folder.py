@@ -369,6 +369,20 @@ class Rendered:
     notes: list[str] = field(default_factory=list)
 
 
+def record_date(recipe, folder: Path) -> str:
+    """The record's date: the folder name's date prefix (records/<track>/<date>_<slug>), else the
+    recipe's identity.date, else the date this folder was first written (kept in the manifest), else today."""
+    from packager.writer import read_manifest
+
+    m = re.match(r"\d{4}-\d{2}-\d{2}(?=_|$)", folder.name)
+    if m:
+        return m.group(0)
+    if recipe.identity.get("date"):
+        return recipe.identity["date"]
+    stored = (read_manifest(folder) or {}).get("date") if folder.exists() else None
+    return stored or _dt.date.today().isoformat()
+
+
 def _stored(folder: Path) -> dict:
     from packager.writer import read_manifest
 
@@ -452,7 +466,7 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
         comp_spec = stored.get("against")
 
     script = _render(recipe)
-    date = folder.name[:10]
+    date = record_date(recipe, folder)
     reqs = third_party_requirements(script)
     files = {}
     if recipe.data.get("code", {}).get("wrap", "none") == "lzma_b85":
@@ -460,7 +474,7 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
         shipped = wrap_lzma_b85(script, script.splitlines()[0]).encode("utf-8")
     else:
         shipped = script.encode("utf-8")
-    manifest = {"packager_version": __version__, "recipe_sha256": recipe.sha256,
+    manifest = {"packager_version": __version__, "recipe_sha256": recipe.sha256, "date": date,
                 "collect": {"policy": pol.to_dict(), "allow_partial": allow, "against": comp_spec}}
     out = Rendered(files, manifest)
     if has_seed_logs(folder):
@@ -486,10 +500,6 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
         "recipe.yaml": recipe.text.encode("utf-8"),
     })
     return out
-
-
-def build_files(recipe, folder: Path, **options) -> dict[str, bytes]:
-    return render_folder(recipe, folder, **options).files
 
 
 def rerender(folder: Path) -> Rendered:

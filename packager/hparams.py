@@ -8,7 +8,6 @@ tests and for the renderer.
 
 from __future__ import annotations
 
-import ast
 import importlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,13 +106,6 @@ def load_baseline_recipe() -> dict:
 
     path = Path(__file__).resolve().parent.parent / "recipes" / "naive_baseline.yaml"
     return yaml.safe_load(path.read_text())
-
-
-def literal(value: Any) -> str:
-    """Python source for a default value, stable across runs."""
-    text = repr(value)
-    ast.literal_eval(text)
-    return text
 
 
 class Hyperparameters:

@@ -14,7 +14,6 @@ The renderer does not fill templates. It reads the runtime modules as Python:
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -351,10 +350,6 @@ def check_script(script: str, recipe) -> None:
     if n > MAX_LINES:
         raise RenderError(f"the rendered train_gpt.py would have {n} lines, over the {MAX_LINES}-line limit; "
                           "drop a feature or shorten a runtime module", str(recipe.path))
-
-
-def code_sha256(script: str) -> str:
-    return hashlib.sha256(script.encode("utf-8")).hexdigest()
 
 
 # Minimum versions written to requirements.txt: fixed, so that output never depends on

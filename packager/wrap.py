@@ -12,7 +12,6 @@ import ast
 import base64
 import lzma
 
-from packager.render import GENERATED_MARK
 
 READABLE_NAME = "train_gpt_readable.py"
 
@@ -50,7 +49,3 @@ def unwrap_lzma_b85(wrapped: str) -> str:
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) > 64:
             return lzma.decompress(base64.b85decode(node.value)).decode("utf-8")
     raise ValueError("no base85 payload found")
-
-
-def is_generated(text: str) -> bool:
-    return text.startswith(GENERATED_MARK)

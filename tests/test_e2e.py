@@ -119,3 +119,18 @@ def test_second_run_of_a_seed_never_overwrites_its_log(baseline_folder, tiny_dat
     assert run_torchrun(baseline_folder, 1, env).returncode == 0
     assert (baseline_folder / "train_seed13.log").read_bytes() == first
     assert (baseline_folder / "train_seed13_run2.log").exists()
+
+
+def test_out_writes_the_folder_exactly_there(tmp_path):
+    out = tmp_path / "anywhere" / "mine"
+    result = CliRunner().invoke(pack, [str(BASELINE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {"train_gpt.py", "submission.json", "README.md", "requirements.txt", "recipe.yaml"} <= {
+        p.name for p in out.iterdir()}
+    date = json.loads((out / "submission.json").read_text())["date"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date)  # not the folder name
+    again = CliRunner().invoke(pack, [str(BASELINE), "--out", str(out)])
+    assert again.exit_code == 0 and "up to date" in again.output
+    assert not (tmp_path / "records").exists()
+    refused = CliRunner().invoke(pack, [str(out), "--out", str(tmp_path / "other")])
+    assert refused.exit_code == 2 and "--out applies to a recipe file" in refused.output
