@@ -99,13 +99,16 @@ def check_document_attention(device: torch.device) -> str:
 
 
 class DocumentTokenLoader(DistributedTokenLoader):
-    """The rank's span as one row (1, N) with its document starts: the #1530 lineage's packing."""
+    """The rank's span as one row (1, N) with its document starts: the #1530 lineage's packing.
+    max_len 0 gives the plain rows of DistributedTokenLoader and no starts."""
 
     def __init__(self, pattern: str, rank: int, world_size: int, device: torch.device, max_len: int):
         super().__init__(pattern, rank, world_size, device)
         self.max_len = max_len
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.max_len:  # DOC_ATTENTION=0: the plain rows, no document starts
+            return (*super().next_batch(global_tokens, seq_len, grad_accum_steps), None)
         local = self.local_span(global_tokens, grad_accum_steps)
         x, y = local[None, :-1], local[None, 1:]
         cu_seqlens = document_starts(x, self.max_len)  # from the CPU copy: no device sync

@@ -159,7 +159,7 @@ def init_head_gate(attn, args) -> None:
     if len(kinds) > 1:
         raise ValueError(f"attention output gates {kinds} are mutually exclusive: enable at most one")
     attn.head_gate = kinds[0] if kinds else None
-    heads, dim = args.num_heads, args.model_dim
+    heads = args.num_heads
     if feature("attn_out_gate"):
         if attn.head_gate == "attn_out":  # zero weight: 2 sigmoid(0) = 1, transparent at init
             attn.attn_gate_proj = nn.Linear(args.gate_window, heads, bias=False)
@@ -167,7 +167,7 @@ def init_head_gate(attn, args) -> None:
             attn.attn_gate_src = args.attn_out_gate_src
     if feature("gated_attn"):
         if attn.head_gate == "gated":  # near-zero init: each head passes about half at step 0
-            attn.attn_gate_w = nn.Parameter(nn.init.normal_(torch.empty(heads, dim), std=args.gated_attn_init_std))
+            attn.attn_gate_w = nn.Parameter(nn.init.normal_(torch.empty(heads, args.model_dim), std=args.gated_attn_init_std))
     if feature("sparse_attn_gate"):
         if attn.head_gate == "sparse":
             attn.attn_gate_w = nn.Parameter(torch.zeros(heads, args.gate_window))

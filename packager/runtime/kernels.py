@@ -31,6 +31,7 @@ FEATURES = {
     "fused_mlp": ("LeakyReLU(0.5)^2 MLP as one Triton matmul with the activation in its epilogue (training)",
                   "fused_mlp"),
     "fused_ce": ("softcapped cross-entropy as one Triton pass over the raw logits (training)", "fused_ce"),
+    "fused_kernels": ("the script logs which path each fused kernel runs", "fused_mlp or fused_ce"),
 }
 
 HPARAMS = (
