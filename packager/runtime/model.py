@@ -163,6 +163,8 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if feature("rope_train_len"):
+            self.train_seq_len, self.yarn = 0, False  # set by CausalSelfAttention from the recipe
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if feature("rope_train_len"):
@@ -440,7 +442,8 @@ class GPT(nn.Module):
         for i in encoder:
             x = self.blocks[i](x, x0, ves[i], cu_seqlens)
             skips.append(x)
-        lane = None  # the MLP lane of the parallel decoder
+        if feature("parallel_residuals"):
+            lane = None  # the MLP lane of the parallel decoder
         for j, i in enumerate(decoder):
             if feature("parallel_residuals"):
                 if lane is None and 0 < self.parallel_start <= i:  # both lanes start as the stream
