@@ -12,7 +12,8 @@ from packager.errors import UserError
 
 
 def _fail(exc: UserError) -> None:
-    click.echo(f"error: {exc.format()}", err=True)
+    for line in exc.lines():
+        click.echo(f"error: {line}", err=True)
     sys.exit(2)
 
 
