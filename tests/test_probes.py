@@ -295,10 +295,10 @@ def test_pre_eval_ttt_fails_causality_and_ledger_at_position_one(rendered, tiny_
 
 SCORE_FIRST = """        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
         if ci < len(groups) - 1:
-            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+            steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
 """
 TRAIN_FIRST = """        if ci < len(groups) - 1:
-            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+            steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
         score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
 """
 

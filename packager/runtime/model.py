@@ -180,12 +180,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         dim, heads, kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
         if dim % heads:
-            raise ValueError(f"model_dim={dim} must be divisible by num_heads={heads}")
+            raise ValueError(f"MODEL_DIM={dim} must be divisible by NUM_HEADS={heads}")
         if heads % kv_heads:
-            raise ValueError(f"num_heads={heads} must be divisible by num_kv_heads={kv_heads}")
+            raise ValueError(f"NUM_HEADS={heads} must be divisible by NUM_KV_HEADS={kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (model_dim/num_heads) must be even for RoPE")
+            raise ValueError(f"MODEL_DIM / NUM_HEADS = {self.head_dim} (the head dimension) must be even for RoPE")
         kv_dim = kv_heads * self.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
@@ -197,7 +197,7 @@ class CausalSelfAttention(nn.Module):
         if feature("partial_rope"):
             if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
                 if args.rope_dims % 2 or args.rope_dims > self.head_dim:
-                    raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
+                    raise ValueError(f"ROPE_DIMS={args.rope_dims} must be even and at most the head dimension {self.head_dim}")
                 self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         if feature("xsa"):
             self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
@@ -231,7 +231,7 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
     if feature("swiglu"):
         if name == "swiglu":  # the gate's nonlinearity; MLP multiplies it by the up projection
             return F.silu(h)
-    raise ValueError(f"unknown activation {name!r}")
+    raise ValueError(f"ACTIVATION={name!r} is not built into this script")
 
 
 class MLP(nn.Module):
@@ -319,7 +319,7 @@ class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
         if args.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {args.logit_softcap}")
+            raise ValueError(f"LOGIT_SOFTCAP={args.logit_softcap} must be positive")
         mlp_activation(args.activation, torch.zeros(1))  # unknown names fail here, not mid-run
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
@@ -343,7 +343,8 @@ class GPT(nn.Module):
         if feature("value_embed"):
             self.ve_layers = [int(i) for i in args.ve_layers.split(",") if i.strip()]
             if len(set(self.ve_layers)) < len(self.ve_layers) or not set(self.ve_layers) <= set(range(args.num_layers)):
-                raise ValueError(f"ve_layers={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1}")
+                raise ValueError(f"VE_LAYERS={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1} "
+                                 f"(NUM_LAYERS={args.num_layers})")
             kv = args.num_kv_heads * args.model_dim // args.num_heads
             self.ve_shared = ScaledEmbedding(args.vocab_size, args.ve_dim, kv, 0.01, 0.1) if self.ve_layers else None
             self.ve_layer_scales = nn.ParameterList([nn.Parameter(torch.ones(1)) for _ in self.ve_layers])

@@ -33,6 +33,16 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
     return distributed, rank, world_size, local_rank, device
 
 
+def exit_with_error(exc: Exception) -> None:
+    """End a run whose settings or input files cannot work: one line (every rank finds the same
+    mistake; rank 0 says it) and exit code 2, before anything was written or trained."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
 def autocast_ctx(device: torch.device):
     """bf16 autocast on CUDA; plain float32 on CPU (exact, and fast enough for tests)."""
     if device.type == "cuda":

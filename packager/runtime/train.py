@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from packager.runtime.bpb import build_sentencepiece_luts, eval_val
-from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
+from packager.runtime.data import DistributedTokenLoader, load_validation_tokens, shard_pattern
 from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
@@ -28,9 +28,10 @@ from packager.runtime.model import GPT, CastedLinear, attention_backend_name, re
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
-from packager.runtime.ttt import eval_ttt
+from packager.runtime.ttt import check_ttt_args, eval_ttt
+from packager.runtime.evaluate import eval_window
 from packager.runtime.system import (
-    Logger, all_reduce_, autocast_ctx, device_description, free_log_path, maybe_compile,
+    Logger, all_reduce_, autocast_ctx, device_description, exit_with_error, free_log_path, maybe_compile,
     python_version, setup_distributed, sync,
 )
 
@@ -65,6 +66,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def check_batch_args(args) -> None:
+    """Each step and each validation pass cut their tokens into 8 shares (world size x gradient
+    accumulation steps) of whole sequences."""
+    span = 8 * args.train_seq_len
+    if args.train_batch_tokens % span:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
+    if args.val_batch_size < span:
+        raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
+
+
+def load_tokenizer(args) -> spm.SentencePieceProcessor:
+    """The SentencePiece model at TOKENIZER_PATH, which must have VOCAB_SIZE pieces."""
+    if not Path(args.tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file; set it to the dataset's "
+                                f"SentencePiece model (fineweb_{args.vocab_size}_bpe.model)")
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the {int(sp.vocab_size())} pieces of "
+                         f"TOKENIZER_PATH={args.tokenizer_path}")
+    return sp
 
 
 def build_model(args, device: torch.device) -> GPT:
@@ -209,11 +232,25 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
-    check_export_args(args)
+    try:
+        # Settings and input files are checked before anything is written or trained: a mistake
+        # (a missing shard, a setting that cannot work, an export that would fail after training)
+        # ends the run with one line naming the variable, not with a traceback from every rank.
+        check_export_args(args)
+        check_batch_args(args)
+        eval_window(args)
+        if feature("ttt"):
+            check_ttt_args(args)
+        train_files, val_files = shard_pattern(args, "train"), shard_pattern(args, "val")
+        sp = load_tokenizer(args)
+        val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+        distributed, rank, world_size, local_rank, device = setup_distributed()
+        seed_everything(args.seed)
+        base_model = build_model(args, device)
+    except (ValueError, OSError) as exc:
+        exit_with_error(exc)
     script = Path(__file__).resolve()
     code = script.read_bytes()
-    distributed, rank, world_size, local_rank, device = setup_distributed()
     master = rank == 0
     grad_accum_steps = 8 // world_size
     out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
@@ -227,20 +264,11 @@ def main() -> None:
     log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
-    seed_everything(args.seed)
-
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
-    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
-    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
-    base_model = build_model(args, device)
     if feature("qat"):
         # Bit widths are fixed before compiling; only the on/off gate changes later.
         log0(f"qat:layers:{configure_qat(args, base_model)} mlp:{args.qat_bits_mlp} attn:{args.qat_bits_attn}")

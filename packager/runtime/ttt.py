@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from packager.runtime.bpb import count_bytes, finish_scores
-from packager.runtime.evaluate import eval_windows, rank_share, score_windows
+from packager.runtime.evaluate import eval_window, eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 from packager.runtime.system import all_reduce_, autocast_ctx
@@ -79,8 +79,26 @@ BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 
+def check_ttt_args(args) -> None:
+    """Raise before training for TTT settings that would fail at the final evaluation."""
+    if feature("ttt_lora"):
+        if args.ttt_mode == "lora":
+            targets = args.ttt_lora_targets.replace(" ", "").split(",")
+            if set(targets) - set(LORA_LAYERS) - {"head"}:
+                raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
+            window = eval_window(args)[0]
+            if args.ttt_chunk_len > window:
+                # A chunk longer than the scoring window would leave its first tokens unscored.
+                raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {window}")
+    if feature("ttt_pre_eval"):
+        if args.ttt_mode == "pre_eval" and not args.ttt_allow_illegal:
+            raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
+                             "set ttt.allow_illegal_ttt (non-record track only) to run it")
+
+
 def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
+    check_ttt_args(args)
     run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
     if feature("ttt_lora"):
         if args.ttt_mode == "lora":
@@ -97,8 +115,9 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
-    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None) -> int:
+    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows.
+    Returns the number of steps."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -119,19 +138,23 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         opt.step()
         if ledger is not None:
             ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
+    return len(range(0, (hi - lo) // seq_len, step_rows))
 
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
-    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk):
+    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last);
+    `train_chunk` returns the number of steps it took."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
     for w in eval_windows(args, total):
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
+    steps = 0
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
         score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
         if ci < len(groups) - 1:
-            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+            steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+    log0(f"ttt:{args.ttt_mode} chunks:{len(groups)} trained_chunks:{max(len(groups) - 1, 0)} steps:{steps}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
@@ -154,9 +177,9 @@ def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, lo
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
-        for _ in range(args.ttt_epochs):
-            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+        return sum(ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+                   for _ in range(args.ttt_epochs))
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
 def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
@@ -185,27 +208,27 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
         # and, with ttt_cosine, an LR cosine over the phase's epochs.
         adam = torch.optim.Adam(phase1, lr=args.ttt_phase1_lr)
         sgd = torch.optim.SGD(phase2, lr=args.ttt_phase2_lr, momentum=args.ttt_phase2_momentum)
+        steps = 0
         for params, opt, epochs in ((phase1, adam, args.ttt_phase1_epochs), (phase2, sgd, args.ttt_phase2_epochs)):
             for ep in range(epochs):
                 opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
-                ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+                steps += ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+        return steps
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
 def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """ILLEGAL: ttt_epochs SGD passes over every validation token, then scoring them all."""
-    if not args.ttt_allow_illegal:
-        raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
-                         "set ttt.allow_illegal_ttt (non-record track only) to run it")
     log0("ttt_pre_eval: WARNING training on validation tokens before scoring them is not allowed "
          "for records (README; pre-eval TTT, thread #677)")
     if ledger is not None:
         ledger.begin("ttt_pre_eval")
     params, opt = sgd_setup(args, model)
-    total = val_tokens.numel() - 1
+    total, steps = val_tokens.numel() - 1, 0
     for ep in range(args.ttt_epochs):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
-        ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
+        steps += ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
+    log0(f"ttt:pre_eval epochs:{args.ttt_epochs} steps:{steps}")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     score_windows(model, rank_share(eval_windows(args, total), rank, world_size), val_tokens, luts, device,
                   sums, args.ttt_batch_seqs, ledger)
@@ -232,13 +255,11 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
     if ledger is not None:
         ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
-    if set(targets) - set(LORA_LAYERS) - {"head"}:
-        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
     # Documents start at a BOS and also predict the next one's BOS, so they tile all targets.
     total, size = val_tokens.numel() - 1, args.ttt_chunk_len
     cuts = sorted({0, total} | set((val_tokens[:total] == BOS_ID).nonzero().flatten().tolist()))
     docs = sorted(rank_share(list(zip(cuts[:-1], cuts[1:])), rank, world_size), key=lambda d: (d[1] - d[0] - 1) // size)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums, steps = torch.zeros(3, device=device, dtype=torch.float64), 0
     model.requires_grad_(False)
     model.eval()
     for d in range(0, len(docs), args.ttt_batch_docs):
@@ -252,24 +273,24 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        steps += lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
         for h in hooks:
             h.remove()
+    chunks = sum((hi - lo + size - 1) // size for lo, hi in docs)
+    counts = all_reduce_(torch.tensor([len(docs), chunks, steps], device=device))
+    log0(f"ttt:lora documents:{counts[0].item()} chunks:{counts[1].item()} steps:{counts[2].item()}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
-    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
+    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last.
+    Returns the number of steps."""
     # Windows never reach back before their document's start.
-    size, seq_len = args.ttt_chunk_len, args.train_seq_len
-    if feature("eval_seq_len"):
-        seq_len = args.eval_seq_len or seq_len
-    if size > seq_len:
-        # A chunk longer than the scoring window would leave its first tokens unscored.
-        raise ValueError(f"TTT_CHUNK_LEN={size} must be at most the eval window {seq_len}")
+    size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
     n_chunks = [(hi - lo + size - 1) // size for lo, hi in batch]
     head = adapters["head0"] if "head0" in adapters else None
+    steps = 0
     for ci in range(max(n_chunks)):
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
@@ -304,7 +325,9 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
+            steps += 1
             if ledger is not None:
                 # A document's adapters only ever score its own targets (tokens lo+1..hi).
                 done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
                 ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
+    return steps
