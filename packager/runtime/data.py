@@ -9,7 +9,6 @@ one contiguous chunk that the ranks split into disjoint spans.
 from __future__ import annotations
 
 import glob
-import os
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +73,6 @@ def glob_shard_files(pattern: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"No files found for pattern: {pattern}")
     return files
-
-
-def shard_pattern(args, split: str) -> str:
-    """The glob of DATA_PATH's fineweb_<split>_*.bin shards; an error naming DATA_PATH when it matches none."""
-    pattern = os.path.join(args.data_path, f"fineweb_{split}_*.bin")
-    if not glob.glob(pattern):
-        raise FileNotFoundError(f"DATA_PATH={args.data_path}: no fineweb_{split}_*.bin shards there; set it to the "
-                                f"folder of the dataset's shards (fineweb10B_sp{args.vocab_size})")
-    return pattern
 
 
 class TokenStream:

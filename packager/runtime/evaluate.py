@@ -28,9 +28,9 @@ FEATURES = {
 
 HPARAMS = (
     HP("eval_seq_len", "EVAL_SEQ_LEN", "eval.seq_len", int, 0, feature="eval_seq_len",
-       doc="window length of the final evaluations (0: train_seq_len)", minimum=0),
+       doc="window length of the final evaluations (0: train_seq_len)", minimum=0, smoke=128),
     HP("sliding_stride", "EVAL_STRIDE", "eval.sliding_stride", int, 0, feature="sliding",
-       doc="sliding-window stride; each window scores its last stride tokens (0: off)", minimum=0),
+       doc="sliding-window stride; each window scores its last stride tokens (0: off)", minimum=0, smoke=64),
     HP("eval_batch_seqs", "EVAL_BATCH_SEQS", "eval.batch_seqs", int, 32, feature="sliding",
        doc="windows per forward pass in the sliding evaluation", minimum=1),
 )

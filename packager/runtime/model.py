@@ -58,21 +58,21 @@ HPARAMS = (
     HP("rope_base", "ROPE_BASE", "model.rope_base", float, 10000.0, doc="RoPE frequency base"),
     HP("qk_gain_init", "QK_GAIN_INIT", "model.qk_gain_init", float, 1.5, doc="initial per-head query gain"),
     HP("xsa_last_n", "XSA_LAST_N", "model.xsa_last_n", int, 0, feature="xsa",
-       doc="exclusive self-attention on the last N blocks (0: none)", minimum=0),
+       doc="exclusive self-attention on the last N blocks (0: none)", minimum=0, smoke=1),
     HP("rope_dims", "ROPE_DIMS", "model.rope_dims", int, 0, feature="partial_rope",
-       doc="head dims RoPE rotates (0: all); even, at most head_dim", minimum=0),
+       doc="head dims RoPE rotates (0: all); even, at most head_dim", minimum=0, smoke=8),
     HP("ln_scale", "LN_SCALE", "model.ln_scale", bool, False, feature="ln_scale",
        doc="scale the normed block inputs by 1/sqrt(layer+1)"),
     HP("smear_gate", "SMEAR_GATE", "model.smear_gate", bool, False, feature="smear_gate",
        doc="SmearGate: mix each token's embedding with the previous token's"),
     HP("bigram_buckets", "BIGRAM_VOCAB_SIZE", "model.bigram_buckets", int, 0, feature="bigram_hash",
-       doc="BigramHash table rows, the last reserved for position 0 (0: off)", minimum=0),
+       doc="BigramHash table rows, the last reserved for position 0 (0: off)", minimum=0, smoke=512),
     HP("bigram_dim", "BIGRAM_DIM", "model.bigram_dim", int, 128, feature="bigram_hash",
-       doc="BigramHash embedding width, projected to model_dim", minimum=1),
+       doc="BigramHash embedding width, projected to model_dim", minimum=1, smoke=32),
     HP("ve_dim", "VE_DIM", "model.ve_dim", int, 128, feature="value_embed",
-       doc="shared value-embedding width, projected to the KV width", minimum=1),
+       doc="shared value-embedding width, projected to the KV width", minimum=1, smoke=32),
     HP("ve_layers", "VE_LAYERS", "model.ve_layers", str, "", feature="value_embed",
-       doc='comma-separated blocks whose values get the shared value embedding, e.g. "9,10" ("": off)'),
+       doc='comma-separated blocks whose values get the shared value embedding, e.g. "9,10" ("": off)', smoke='1'),
     HP("unet_skips", "UNET_SKIPS", "model.unet_skips", bool, True, feature="no_unet",
        doc="U-Net skips from the first half of the blocks to the second"),
     HP("ortho_init", "ORTHO_INIT", "model.ortho_init", bool, False, feature="ortho_init",
@@ -197,7 +197,8 @@ class CausalSelfAttention(nn.Module):
         if feature("partial_rope"):
             if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
                 if args.rope_dims % 2 or args.rope_dims > self.head_dim:
-                    raise ValueError(f"ROPE_DIMS={args.rope_dims} must be even and at most the head dimension {self.head_dim}")
+                    raise ValueError(f"ROPE_DIMS={args.rope_dims} must be even and at most the head dimension "
+                                     f"{self.head_dim}")
                 self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         if feature("xsa"):
             self.use_xsa = False  # Block turns it on for the last xsa_last_n layers

@@ -34,11 +34,10 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
 
 
 def exit_with_error(exc: Exception) -> None:
-    """End a run whose settings or input files cannot work: one line (every rank finds the same
-    mistake; rank 0 says it) and exit code 2, before anything was written or trained."""
+    """A setting or input file that cannot work: one line from rank 0 (every rank finds it), exit code 2."""
     if os.environ.get("RANK", "0") == "0":
         print(f"error: {exc}", file=sys.stderr, flush=True)
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(2)
 

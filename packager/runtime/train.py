@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from packager.runtime.bpb import build_sentencepiece_luts, eval_val
-from packager.runtime.data import DistributedTokenLoader, load_validation_tokens, shard_pattern
+from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
 from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
@@ -28,7 +28,7 @@ from packager.runtime.model import GPT, CastedLinear, attention_backend_name, re
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
-from packager.runtime.ttt import check_ttt_args, eval_ttt
+from packager.runtime.ttt import check_lora_args, eval_ttt
 from packager.runtime.evaluate import eval_window
 from packager.runtime.system import (
     Logger, all_reduce_, autocast_ctx, device_description, exit_with_error, free_log_path, maybe_compile,
@@ -68,26 +68,23 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def check_batch_args(args) -> None:
-    """Each step and each validation pass cut their tokens into 8 shares (world size x gradient
-    accumulation steps) of whole sequences."""
-    span = 8 * args.train_seq_len
+def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
+    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+    span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
     if args.train_batch_tokens % span:
         raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
     if args.val_batch_size < span:
         raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
-
-
-def load_tokenizer(args) -> spm.SentencePieceProcessor:
-    """The SentencePiece model at TOKENIZER_PATH, which must have VOCAB_SIZE pieces."""
+    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
+    for pattern in shards:
+        if not glob.glob(pattern):
+            raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
     if not Path(args.tokenizer_path).is_file():
-        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file; set it to the dataset's "
-                                f"SentencePiece model (fineweb_{args.vocab_size}_bpe.model)")
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file")
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
     if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the {int(sp.vocab_size())} pieces of "
-                         f"TOKENIZER_PATH={args.tokenizer_path}")
-    return sp
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
+    return shards[0], shards[1], sp
 
 
 def build_model(args, device: torch.device) -> GPT:
@@ -233,16 +230,14 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 def main() -> None:
     args = Hyperparameters()
     try:
-        # Settings and input files are checked before anything is written or trained: a mistake
-        # (a missing shard, a setting that cannot work, an export that would fail after training)
-        # ends the run with one line naming the variable, not with a traceback from every rank.
+        # Settings and input files are checked before anything is written or trained: a mistake ends
+        # the run with one line naming the variable instead of a traceback from every rank.
         check_export_args(args)
-        check_batch_args(args)
-        eval_window(args)
-        if feature("ttt"):
-            check_ttt_args(args)
-        train_files, val_files = shard_pattern(args, "train"), shard_pattern(args, "val")
-        sp = load_tokenizer(args)
+        if feature("sliding"):
+            eval_window(args)
+        if feature("ttt_lora"):
+            check_lora_args(args)
+        train_files, val_files, sp = open_data(args)
         val_tokens = load_validation_tokens(val_files, args.train_seq_len)
         distributed, rank, world_size, local_rank, device = setup_distributed()
         seed_everything(args.seed)

@@ -45,17 +45,17 @@ HPARAMS = (
        doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head"),
     HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_lora", doc="Adam LR of the adapters"),
     HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_lora",
-       doc="tokens scored per LoRA step", minimum=1),
+       doc="tokens scored per LoRA step", minimum=1, smoke=64),
     HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_lora",
-       doc="documents adapted side by side, each with its own adapters", minimum=1),
+       doc="documents adapted side by side, each with its own adapters", minimum=1, smoke=16),
     HP("ttt_chunk_tokens", "TTT_CHUNK_TOKENS", "ttt.chunk_tokens", int, 32768, feature="ttt_score_first",
-       doc="tokens scored before each round of TTT updates", minimum=1),
+       doc="tokens scored before each round of TTT updates", minimum=1, smoke=4096),
     HP("ttt_batch_seqs", "TTT_BATCH_SEQS", "ttt.batch_seqs", int, 32, feature="ttt_full",
        doc="sequences per rank per TTT step (and windows per scoring pass)", minimum=1),
     HP("ttt_grad_clip", "TTT_GRAD_CLIP", "ttt.grad_clip", float, 0.0, feature="ttt_full",
        doc="gradient-norm clip of TTT steps (0: none)", minimum=0.0),
     HP("ttt_epochs", "TTT_EPOCHS", "ttt.epochs", int, 0, feature="ttt_sgd",
-       doc="SGD passes per chunk (pre_eval: over the whole split)", minimum=0),
+       doc="SGD passes per chunk (pre_eval: over the whole split)", minimum=0, smoke=1),
     HP("ttt_lr", "TTT_LR", "ttt.lr", float, 0.002, feature="ttt_sgd", doc="SGD LR"),
     HP("ttt_momentum", "TTT_MOMENTUM", "ttt.momentum", float, 0.9, feature="ttt_sgd", doc="SGD momentum"),
     HP("ttt_cosine", "TTT_COSINE", "ttt.cosine", bool, False, feature="ttt_full",
@@ -63,14 +63,14 @@ HPARAMS = (
     HP("ttt_freeze_blocks", "TTT_FREEZE_BLOCKS", "ttt.freeze_blocks", int, 0, feature="ttt_sgd",
        doc="first blocks left untrained", minimum=0),
     HP("ttt_phase1_epochs", "TTT_PHASE1_EPOCHS", "ttt.phase1_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 1 (gains/scales/mixes, Adam) passes per chunk", minimum=0),
+       doc="phase 1 (gains/scales/mixes, Adam) passes per chunk", minimum=0, smoke=1),
     HP("ttt_phase1_lr", "TTT_PHASE1_LR", "ttt.phase1_lr", float, 0.01, feature="ttt_two_phase"),
     HP("ttt_phase2_epochs", "TTT_PHASE2_EPOCHS", "ttt.phase2_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 2 (last blocks + scalars + head, SGD) passes per chunk", minimum=0),
+       doc="phase 2 (last blocks + scalars + head, SGD) passes per chunk", minimum=0, smoke=1),
     HP("ttt_phase2_lr", "TTT_PHASE2_LR", "ttt.phase2_lr", float, 0.003, feature="ttt_two_phase"),
     HP("ttt_phase2_momentum", "TTT_PHASE2_MOMENTUM", "ttt.phase2_momentum", float, 0.95, feature="ttt_two_phase"),
     HP("ttt_phase2_last_k", "TTT_PHASE2_LAST_K", "ttt.phase2_last_k", int, 2, feature="ttt_two_phase",
-       doc="blocks (from the top) trained in phase 2", minimum=0),
+       doc="blocks (from the top) trained in phase 2", minimum=0, smoke=1),
     HP("ttt_allow_illegal", "TTT_ALLOW_ILLEGAL", "ttt.allow_illegal_ttt", bool, False, feature="ttt_pre_eval",
        doc="acknowledge that pre_eval TTT trains on unscored validation tokens (non-record only)"),
 )
@@ -79,26 +79,8 @@ BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 
-def check_ttt_args(args) -> None:
-    """Raise before training for TTT settings that would fail at the final evaluation."""
-    if feature("ttt_lora"):
-        if args.ttt_mode == "lora":
-            targets = args.ttt_lora_targets.replace(" ", "").split(",")
-            if set(targets) - set(LORA_LAYERS) - {"head"}:
-                raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
-            window = eval_window(args)[0]
-            if args.ttt_chunk_len > window:
-                # A chunk longer than the scoring window would leave its first tokens unscored.
-                raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {window}")
-    if feature("ttt_pre_eval"):
-        if args.ttt_mode == "pre_eval" and not args.ttt_allow_illegal:
-            raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
-                             "set ttt.allow_illegal_ttt (non-record track only) to run it")
-
-
 def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    check_ttt_args(args)
     run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
     if feature("ttt_lora"):
         if args.ttt_mode == "lora":
@@ -116,8 +98,7 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
 
 
 def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None) -> int:
-    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows.
-    Returns the number of steps."""
+    """Steps over the rows of targets [lo, hi), each on the mean gradient of all ranks' rows; returns the steps."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -142,8 +123,7 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
 
 
 def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk):
-    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last);
-    `train_chunk` returns the number of steps it took."""
+    """Per chunk: score the windows starting in it, then train on it unless it is the last (train_chunk: steps)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
     for w in eval_windows(args, total):
@@ -219,6 +199,9 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
 
 def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """ILLEGAL: ttt_epochs SGD passes over every validation token, then scoring them all."""
+    if not args.ttt_allow_illegal:
+        raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
+                         "set ttt.allow_illegal_ttt (non-record track only) to run it")
     log0("ttt_pre_eval: WARNING training on validation tokens before scoring them is not allowed "
          "for records (README; pre-eval TTT, thread #677)")
     if ledger is not None:
@@ -250,8 +233,17 @@ class BatchedLoRA(nn.Module):
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
 
+def check_lora_args(args) -> None:
+    """Raise before training for LoRA TTT settings that would fail at the final evaluation."""
+    if set(args.ttt_lora_targets.replace(" ", "").split(",")) - set(LORA_LAYERS) - {"head"}:
+        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
+    if args.ttt_chunk_len > eval_window(args)[0]:  # a longer chunk would leave its first tokens unscored
+        raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {eval_window(args)[0]}")
+
+
 def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
+    check_lora_args(args)
     if ledger is not None:
         ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
@@ -284,8 +276,7 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
 
 
 def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
-    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last.
-    Returns the number of steps."""
+    """Per chunk: score it with the document's adapters, then one Adam step unless it is the document's last."""
     # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
     n_chunks = [(hi - lo + size - 1) // size for lo, hi in batch]
