@@ -77,9 +77,9 @@ def run_smoke(source: Path, *, seeds: list[int] | None = None, nproc: int = 2, d
     """Smoke-run a folder or a recipe; UserError when it cannot start."""
     from verifier.rerun import RerunError, rerun_folder
 
-    folder, recipe = _folder(Path(source), say)
     if (data_path is None) != (tokenizer_path is None):
         raise UserError("give both --data-path and --tokenizer-path, or neither (the tiny dataset is built)")
+    folder, recipe = _folder(Path(source), say)
     run_seeds = list(seeds) if seeds else recipe.seeds[:1]
     with tempfile.TemporaryDirectory(prefix="golf-smoke-data-") as tmp:
         if data_path is None:
@@ -102,7 +102,7 @@ def _report(folder: Path, outcome, recipe) -> list[str]:
         out += [f"  {line}" for line in text.splitlines() if _SHOWN.match(line)]
         if s.status != "ok":
             errors = [line for line in text.splitlines() if line.startswith("error: ")]
-            out += [f"  {line}" for line in (errors[:1] or s.tail[-8:])]
+            out += [f"  {line.rstrip()}" for line in (errors[:1] or s.tail[-8:])]
     if all(s.status == "ok" for s in outcome.result.seeds):
         seed = recipe.seeds[0]
         out.append(f"next: on 8xH100, in {folder}: SEED={seed} torchrun --standalone --nproc_per_node=8 train_gpt.py "

@@ -242,6 +242,26 @@ def test_smoke_refuses_what_it_cannot_run(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+@pytest.mark.slow
+def test_a_smoke_run_that_fails_exits_1_with_the_scripts_error_line(folders, tiny_data, tmp_path):
+    import shutil
+
+    from packager.cli import smoke
+
+    folder = tmp_path / "broken"
+    shutil.copytree(folders["naive_baseline"], folder)
+    script = folder / "train_gpt.py"
+    script.write_text(script.read_text().replace('os.environ.get("COMPRESSOR", \'zlib\')',
+                                                 'os.environ.get("COMPRESSOR", \'brotli\')'))
+    data = ["--data-path", str(tiny_data / "datasets" / "fineweb10B_sp1024"),
+            "--tokenizer-path", str(tiny_data / "tokenizers" / "fineweb_1024_bpe.model")]
+    result = CliRunner().invoke(smoke, [str(folder), "--nproc", "1", *data])
+    assert result.exit_code == 1, result.output
+    assert re.search(r"^seed 1337: failed \(startup \(no training step yet\)\) in [\d.]+ s$", result.stdout, re.M)
+    assert "  error: COMPRESSOR='brotli' is not available in this script" in result.stdout.splitlines()
+    assert "next:" not in result.stdout and not list(folder.glob("verify/*/train_seed*.log"))
+
+
 def test_the_console_script_routes_smoke(monkeypatch):
     from packager import cli
 

@@ -391,6 +391,11 @@ def test_rerun_killed_at_its_timeout_keeps_the_partial_log(baseline, tiny_data, 
     scratch = tmp_path / "scratch"  # the rerun's temporary copy goes here: only its processes are looked for
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    # The script hangs after its first logged training step (asleep: the wait costs no CPU).
+    script = baseline / "train_gpt.py"
+    step_line = 'f"train_time:{now_ms:.0f}ms step_avg:{now_ms / step:.2f}ms")\n'
+    assert script.read_text().count(step_line) == 1
+    script.write_text(script.read_text().replace(step_line, step_line + "            time.sleep(600)\n"))
     before = digest(baseline)
     result = invoke([baseline, "--rerun", "--smoke", "--seeds", "3", "--timeout", "20", "--env", "ITERATIONS=1000000",
                      "--data-path", tiny_data / "datasets" / "fineweb10B_sp1024",
