@@ -38,7 +38,8 @@ def runtime_modules() -> list[str]:
 
 # The module-level tables a runtime module declares for the packager; they never reach a script.
 DECLARATIONS = ("HPARAMS", "FEATURES")
-_LITERALS = {"HP": HP, "int": int, "float": float, "bool": bool, "str": str}
+_LITERALS = {"HP": HP, "int": int, "float": float, "bool": bool, "str": str, "tuple": tuple, "list": list,
+             "dict": dict, "sorted": sorted}
 _DECLARED: dict[tuple[str, str], dict] = {}
 
 
@@ -66,8 +67,8 @@ def _read_declarations(text: str, filename: str) -> dict:
         try:
             out[target.id] = eval(compile(ast.Expression(node.value), filename, "eval"), {"__builtins__": {}}, scope)
         except Exception as exc:  # noqa: BLE001 - a runtime module's own source, reported with its place
-            raise ValueError(f"{filename}:{node.lineno}: {target.id} must be built from HP(...), literals and the "
-                             f"module's literal constants ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"{filename}:{node.lineno}: {target.id} must be built from HP(...), literals, the "
+                             f"module's literal constants and tuple/list/dict/sorted ({type(exc).__name__}: {exc})") from None
     return out
 
 
