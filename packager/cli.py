@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from packager.errors import UserError
 
 
 def _fail(exc: UserError) -> None:
-    click.echo(f"error: {exc.format()}", err=True)
+    for line in exc.lines():
+        click.echo(f"error: {line}", err=True)
     sys.exit(2)
 
 
@@ -27,7 +29,7 @@ def _fail(exc: UserError) -> None:
               help="Record folder to beat (overrides the recipe's identity.compare_to; remembered in the "
                    "manifest). 'recipe' goes back to the recipe's compare_to.")
 @click.option("--allow-partial/--no-allow-partial", default=None,
-              help="Write results although seeds are missing or a log is truncated (status 'partial'; "
+              help="Write results although a seed has no complete log (status 'partial'; "
                    "remembered in the manifest). Default: refuse.")
 @click.option("--policy", default=None, metavar="NAME",
               help="Significance policy (readme-2026-03, leaderboard-2026-04 or a policy JSON); default: the "
@@ -42,8 +44,10 @@ def pack(source: Path | None, records_root: Path, out: Path | None, force: bool,
 
     Once the seed logs (train_seed<N>.log) are in the folder, running golf-pack again on the
     recipe or on the folder collects them into submission.json, README.md and loss_curves.png.
-    Problems with the logs (wrong seed, truncated, missing seed) are listed one per line and
-    nothing is written (exit 2)."""
+    Problems with the logs (wrong seed, incomplete run, missing seed) are listed one per line and
+    nothing is written (exit 2).
+
+    `golf-pack smoke FOLDER|RECIPE` runs a record on CPU with tiny data first (see its --help)."""
     from packager.collect import CollectError
     from packager.folder import folder_for, render_folder, stale_files
     from packager.recipe import load_recipe
@@ -91,6 +95,35 @@ def pack(source: Path | None, records_root: Path, out: Path | None, force: bool,
     status = (f"; results {col.status} over {len(col.runs)} seed(s)" if col is not None else "; results pending")
     click.echo(f"{folder}: train_gpt.py {lines} lines, {len(files['train_gpt.py'])} bytes{status}; "
                f"{'wrote ' + ', '.join(written) if written else 'up to date'}")
+    target = shlex.quote(str(folder))
+    click.echo(f"next: golf-pack smoke {target}   (a CPU run of every eval path on tiny data, under a minute)"
+               if col is None else f"next: golf-verify {target}   (before opening the pull request)")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--seeds", type=int, multiple=True, help="Seeds to run (repeat the option); default: the recipe's first.")
+@click.option("--nproc", type=click.IntRange(1, 8), default=2, show_default=True, help="Processes (gloo ranks).")
+@click.option("--data-path", default=None, help="Shards to use instead of the tiny dataset (with --tokenizer-path).")
+@click.option("--tokenizer-path", default=None, help="SentencePiece model of --data-path.")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds per seed before the run is killed.")
+def smoke(source: Path, seeds: tuple[int, ...], nproc: int, data_path: str | None, tokenizer_path: str | None,
+          timeout: float) -> None:
+    """Run a record folder (or a recipe, rendered into a scratch folder) on CPU: the tiny dataset, a
+    small model and a few steps, through every eval path of the recipe, TTT included (under a minute on
+    two cores). One line per phase; the logs go to FOLDER/verify/<time>/, never counted as results.
+    Exit 0 when every seed ran, 1 when one failed (its error line is shown), 2 for bad input."""
+    from packager.smoke import run_smoke
+
+    say = lambda msg: click.echo(f"[smoke] {msg}", err=True)  # noqa: E731
+    try:
+        result = run_smoke(source, seeds=list(seeds), nproc=nproc, data_path=data_path, tokenizer_path=tokenizer_path,
+                           timeout=timeout, say=say)
+    except UserError as exc:
+        _fail(exc)
+    for line in result.lines:
+        click.echo(line)
+    sys.exit(0 if result.ok else 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,6 +151,8 @@ def data_tiny(out: Path, vocab_size: int) -> None:
 
 
 def pack_main() -> None:
+    if sys.argv[1:2] == ["smoke"]:
+        smoke(args=sys.argv[2:], prog_name="golf-pack smoke")
     pack(prog_name="golf-pack")
 
 

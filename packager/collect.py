@@ -10,11 +10,12 @@ Collecting policy (documented in README.md, "Results and CI"):
   a log whose printed seed disagrees with its file name (or prints several seeds); a log with no
   seed at all; a seed that is not in the recipe's `seeds`; two complete logs for one seed; a log
   that ran different code than the train_gpt.py the recipe renders now (its `code_sha256`).
-- An error unless `--allow-partial`: a truncated log (no final score line or no
-  `golf_result_json` line) and a recipe seed without a complete log. With `--allow-partial` the
-  truncated logs are left out (named in README) and the results cover the seeds that have a
-  complete log, with status "partial" and the missing seeds named in README; nothing missing
-  is ever averaged in.
+- An incomplete run (a log without a final score line or `golf_result_json` line: the run failed
+  or was cut off) is reported once, as "incomplete run". Beside a complete log of the same seed
+  (its rerun, `train_seed<N>_run2.log`) it is only left out and named in README. Otherwise its
+  seed has no complete log: an error unless `--allow-partial`, which leaves it out as well and
+  writes results over the seeds that have a complete log, with status "partial" and the missing
+  seeds named in README; nothing missing is ever averaged in.
 - Logs are only read: never modified, moved or deleted.
 """
 
@@ -97,7 +98,7 @@ class Collected:
     seeds: list[int]  # the recipe's seeds
     runs: list[SeedRun]  # counted seeds, in the recipe's order
     missing: list[int]  # recipe seeds without a complete log (only with allow_partial)
-    excluded: list[tuple[str, str]]  # (log, why) logs left out (truncated, only with allow_partial)
+    excluded: list[tuple[str, str]]  # (log, why) incomplete runs left out
     notes: list[str]  # one-line notes for the terminal (ignored files, overrides)
     comparison: Comparison | None = None
     significance: dict | None = None
@@ -195,10 +196,10 @@ def _complete(name: str, summary: LogSummary) -> str | None:
     """Why a log is not a complete run (None: complete)."""
     r = summary.golf_result
     if not isinstance(r, dict):
-        return f"{name}: truncated: no golf_result_json line (the run did not finish or was cut off)"
+        return f"{name}: incomplete run: no golf_result_json line (the run failed or was cut off)"
     finals = [s for s in summary.scores if s.kind == "final" and s.line != summary.golf_result_line]
     if not finals:
-        return f"{name}: truncated: no final score line (final_*_roundtrip ...) before golf_result_json"
+        return f"{name}: incomplete run: no final score line (final_*_roundtrip ...) before golf_result_json"
     lacking = [k for k in RESULT_KEYS if k not in r]
     if lacking:
         return f"{name}: golf_result_json lacks {', '.join(lacking)} (not written by a golf-pack script?)"
@@ -230,6 +231,7 @@ def collect(recipe, folder: Path, shipped_script: bytes, *, allow_partial: bool 
     notes: list[str] = []
     excluded: list[tuple[str, str]] = []
     complete: dict[int, list[str]] = {}
+    incomplete: dict[int, list[tuple[str, str]]] = {}
     parsed = read_logs(folder)
     for name, (text, s) in parsed.items():
         if not s.recognised:
@@ -259,10 +261,7 @@ def collect(recipe, folder: Path, shipped_script: bytes, *, allow_partial: bool 
             continue
         why = _complete(name, s)
         if why is not None:
-            if allow_partial:
-                excluded.append((name, why.split(": ", 1)[1]))
-            else:
-                errors.append(why + "; re-run the seed or pass --allow-partial")
+            incomplete.setdefault(seed, []).append((name, why))
             continue
         if r["code_sha256"] != expected_sha:
             errors.append(f"{name}: ran train_gpt.py with sha256 {r['code_sha256'][:12]}..., but the recipe now "
@@ -275,8 +274,17 @@ def collect(recipe, folder: Path, shipped_script: bytes, *, allow_partial: bool 
             errors.append(f"{names[0]}: seed {seed} has {len(names)} complete logs ({', '.join(names)}); keep the "
                           f"one to report at the top level and move the others into a subfolder")
     missing = [seed for seed in seeds if seed not in complete]
+    for seed, logs in sorted(incomplete.items()):
+        if seed in complete or allow_partial:
+            excluded += [(name, why.split(": ", 1)[1]) for name, why in logs]
+            notes += [f"{why}; not counted" for _, why in logs]
+        else:
+            errors += [f"{why}; run seed {seed} again (`SEED={seed} torchrun --standalone --nproc_per_node=8 "
+                       f"train_gpt.py` writes a new log beside it) or pass --allow-partial" for _, why in logs]
     if missing and not allow_partial:
         for seed in missing:
+            if seed in incomplete:
+                continue  # reported once, as its incomplete run
             errors.append(f"train_seed{seed}.log: seed {seed} has no complete log; run "
                           f"`SEED={seed} torchrun --standalone --nproc_per_node=8 train_gpt.py`, or pass "
                           f"--allow-partial to write partial results")

@@ -20,6 +20,26 @@ class UserError(Exception):
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.message}".replace("\n", " ")
 
+    def lines(self) -> list[str]:
+        """What the CLI prints: one line per mistake."""
+        return [self.format()]
+
+
+class UserErrors(UserError):
+    """Several mistakes found in one input, all reported at once (one line each)."""
+
+    def __init__(self, errors: list[UserError]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.message, first.file, first.line, first.key)
+        self.args = ("\n".join(self.lines()),)
+
+    def lines(self) -> list[str]:
+        return [e.format() for e in self.errors]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
 
 class RenderError(UserError):
     """The recipe is valid but cannot be rendered (e.g. the script would be too long)."""

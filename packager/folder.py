@@ -180,14 +180,25 @@ def _r(x: float) -> float:
     return round(float(x), 8)
 
 
+def _std(xs: list[float]) -> float | None:
+    """The sample standard deviation, None for one seed (it is undefined for one value)."""
+    from packager.collect import stdev
+
+    return _r(stdev(xs)) if len(xs) > 1 else None
+
+
+def _mean_text(xs: list[float], unit: str = "") -> str:
+    """`mean ± std` (8 decimals), or the one value: a std is only shown for two or more seeds."""
+    mean = f"{sum(xs) / len(xs):.8f}{unit}"
+    return f"{sum(xs) / len(xs):.8f} ± {_std(xs):.8f}{unit}" if len(xs) > 1 else mean
+
+
 def _same_or_joined(values) -> str:
     vals = sorted({str(x) for x in values if x not in (None, "")})
     return ", ".join(vals) if vals else "unknown"
 
 
 def submission_results(recipe, date: str, col, shipped: bytes) -> dict:
-    from packager.collect import stdev
-
     runs = col.runs
     losses, bpbs = [r.val_loss for r in runs], [r.val_bpb for r in runs]
     sub = submission_pending(recipe, date)
@@ -196,9 +207,9 @@ def submission_results(recipe, date: str, col, shipped: bytes) -> dict:
     sub["status"] = col.status
     sub.update({
         "val_bpb": _r(sum(bpbs) / len(bpbs)),
-        "val_bpb_std": _r(stdev(bpbs)),
+        "val_bpb_std": _std(bpbs),
         "val_loss": _r(sum(losses) / len(losses)),
-        "val_loss_std": _r(stdev(losses)),
+        "val_loss_std": _std(losses),
         "seeds": recipe.seeds,
         "seed_results": {str(r.seed): {
             "val_bpb": _r(r.val_bpb), "val_loss": _r(r.val_loss),
@@ -232,12 +243,12 @@ def submission_results(recipe, date: str, col, shipped: bytes) -> dict:
 
 
 def results_blurb(recipe, col) -> str:
-    from packager.collect import stdev
-
     bpbs = [r.val_bpb for r in col.runs]
     n = len(bpbs)
-    text = (f"{_blurb(recipe)} Mean val_bpb {sum(bpbs) / n:.4f} (sample std {stdev(bpbs):.4f}) over {n} "
-            f"seed{'s' if n > 1 else ''}; largest artifact {max(int(r.result['bytes_total']) for r in col.runs):,} bytes.")
+    score = (f"Mean val_bpb {sum(bpbs) / n:.4f} (sample std {_std(bpbs):.4f}) over {n} seeds" if n > 1
+             else f"val_bpb {bpbs[0]:.4f} from one seed")
+    text = (f"{_blurb(recipe)} {score}; largest artifact {max(int(r.result['bytes_total']) for r in col.runs):,} "
+            f"bytes.")
     if col.missing:
         text += f" Partial: seed{'s' if len(col.missing) > 1 else ''} {', '.join(map(str, col.missing))} missing."
     return text
@@ -289,21 +300,33 @@ def _significance_lines(col, policy) -> list[str]:
     return lines + [text, ""]
 
 
-def readme_results(recipe, script: str, col, shipped: bytes, policy, plot: str | None, plot_note: str) -> str:
-    from packager.collect import stdev
+def _overridden(runs) -> dict[str, tuple[str, str]]:
+    """{hyperparameter: (recipe value, what the runs used)} for the values the runs overrode."""
+    names = sorted({name for r in runs for name in r.overrides})
+    recipe_value = {n: next(r.overrides[n][0] for r in runs if n in r.overrides) for n in names}
+    return {n: (recipe_value[n], _same_or_joined(r.overrides[n][1] if n in r.overrides else recipe_value[n]
+                                                  for r in runs)) for n in names}
 
+
+def readme_results(recipe, script: str, col, shipped: bytes, policy, plot: str | None, plot_note: str) -> str:
     ident, runs = recipe.identity, col.runs
     losses, bpbs = [r.val_loss for r in runs], [r.val_bpb for r in runs]
     n = len(runs)
     biggest = max(int(r.result["bytes_total"]) for r in runs)
     devices = _same_or_joined(r.result.get("device") for r in runs)
     paths = _same_or_joined(r.result.get("eval_path") for r in runs)
+    over = _overridden(runs)
+    spread = (f"mean ± sample standard deviation over {n} seeds" if n > 1
+              else "one seed; a standard deviation needs two or more")
     lines = [f"# {ident['name']}", "", _blurb(recipe), "",
-             f"**val_bpb {sum(bpbs) / n:.8f} ± {stdev(bpbs):.8f}**, val_loss {sum(losses) / n:.8f} ± "
-             f"{stdev(losses):.8f} nats (mean ± sample standard deviation over {n} seed{'s' if n > 1 else ''}: "
+             f"**val_bpb {_mean_text(bpbs)}**, val_loss {_mean_text(losses, ' nats')} ({spread}: "
              f"{', '.join(str(r.seed) for r in runs)}). Largest artifact {biggest:,} bytes of 16,000,000 "
              f"(code {len(shipped):,} bytes); longest training "
              f"{max(float(r.result['train_time_ms']) for r in runs) / 1000:.3f} s on {devices}.", ""]
+    if over:
+        lines += [f"> **Not the recipe as written.** The runs set {', '.join(f'`{k}={v[1]}`' for k, v in over.items())} "
+                  f"by environment variable (the recipe: {', '.join(f'`{k}={v[0]}`' for k, v in over.items())}); "
+                  f"these scores are of that configuration. The techniques table lists the recipe's values.", ""]
     if col.missing:
         lines += [f"> **Partial results.** Seed{'s' if len(col.missing) > 1 else ''} "
                   f"{', '.join(map(str, col.missing))} of the recipe's seeds {recipe.seeds} "
@@ -321,8 +344,8 @@ def readme_results(recipe, script: str, col, shipped: bytes, policy, plot: str |
                      f"{int(res['bytes_code']):,} | {float(res['train_time_ms']):,.0f} | "
                      f"{float(res['eval_time_ms']):,.0f} | {int(res['steps']):,} | "
                      f"{float(res.get('step_avg_ms', 0.0)):.2f} | [{r.log}]({r.log}) |")
-    lines += [f"| **mean ± std** | {sum(losses) / n:.8f} ± {stdev(losses):.8f} | {sum(bpbs) / n:.8f} ± "
-              f"{stdev(bpbs):.8f} | max {biggest:,} | | | | | | |", ""]
+    lines += [f"| **{'mean ± std' if n > 1 else 'result'}** | {_mean_text(losses)} | {_mean_text(bpbs)} | "
+              f"max {biggest:,} | | | | | | |", ""]
     for log, why in col.excluded:
         lines.append(f"- Not counted: `{log}`: {why}.")
     if col.excluded:
@@ -333,15 +356,11 @@ def readme_results(recipe, script: str, col, shipped: bytes, policy, plot: str |
     if plot and plot_note:
         lines += [f"Note: {plot_note}.", ""]
     lines += _technique_section(recipe, script)
-    overridden = sorted({name for r in runs for name in r.overrides})
-    if overridden:
+    if over:
         lines += ["**Run-time overrides.** The runs set these hyperparameters by environment variable instead of "
                   "using the recipe's value (from each log's `hparam` lines):", "",
                   "| hyperparameter | recipe | runs |", "| --- | --- | --- |"]
-        for name in overridden:
-            recipe_value = next(r.overrides[name][0] for r in runs if name in r.overrides)
-            ran = _same_or_joined(r.overrides[name][1] if name in r.overrides else recipe_value for r in runs)
-            lines.append(f"| {name} | `{recipe_value}` | `{ran}` |")
+        lines += [f"| {name} | `{recipe_value}` | `{ran}` |" for name, (recipe_value, ran) in over.items()]
         lines.append("")
     lines += ["## Run", "", "The exact command of each seed (from its log: world size and overrides):", "", "```bash"]
     lines += [run_command(r.seed, r.overrides, int(r.result.get("world_size", 8))) for r in runs]
@@ -452,6 +471,7 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
     folder reproduces its files."""
     from packager.collect import Comparison, collect, comparison_from_folder, comparison_from_recipe, has_seed_logs
     from packager.collect import shown_path
+    from packager.smoke import smoke_env
 
     folder = Path(folder)
     stored = _stored(folder)
@@ -475,7 +495,8 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
     else:
         shipped = script.encode("utf-8")
     manifest = {"packager_version": __version__, "recipe_sha256": recipe.sha256, "date": date,
-                "collect": {"policy": pol.to_dict(), "allow_partial": allow, "against": comp_spec}}
+                "collect": {"policy": pol.to_dict(), "allow_partial": allow, "against": comp_spec},
+                "smoke_env": smoke_env(recipe)}
     out = Rendered(files, manifest)
     if has_seed_logs(folder):
         comp = Comparison.from_dict(comp_spec) if comp_spec else comparison_from_recipe(recipe, folder, pol)

@@ -1,14 +1,14 @@
 """Hyperparameter declarations collected from the runtime modules.
 
-Each runtime module owns its slice of the recipe through a module-level
-`HPARAMS` tuple. This module gathers them (without importing torch-heavy code
-paths more than once), resolves a recipe's values and builds `args` objects for
-tests and for the renderer.
+Each runtime module owns its slice of the recipe through module-level `HPARAMS`
+and `FEATURES` tables. This module reads them from the modules' source, without
+importing the modules (so loading or rendering a recipe never imports torch),
+resolves a recipe's values and builds `args` objects for tests and for the renderer.
 """
 
 from __future__ import annotations
 
-import importlib
+import ast
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable
@@ -39,13 +39,57 @@ def runtime_modules() -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
+# The module-level tables a runtime module declares for the packager; they never reach a script.
+DECLARATIONS = ("HPARAMS", "FEATURES")
+_LITERALS = {"HP": HP, "int": int, "float": float, "bool": bool, "str": str, "tuple": tuple, "list": list,
+             "dict": dict, "sorted": sorted}
+_DECLARED: dict[tuple[str, str], dict] = {}
+
+
+def _constants(tree: ast.Module) -> dict:
+    """The module's top-level `NAME = <literal>` constants (a declaration may use them)."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return out
+
+
+def _read_declarations(text: str, filename: str) -> dict:
+    tree = ast.parse(text, filename)
+    scope = {**_constants(tree), **_LITERALS}
+    out: dict = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+            node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
+        if not (isinstance(target, ast.Name) and target.id in DECLARATIONS):
+            continue
+        try:
+            out[target.id] = eval(compile(ast.Expression(node.value), filename, "eval"), {"__builtins__": {}}, scope)
+        except Exception as exc:  # noqa: BLE001 - a runtime module's own source, reported with its place
+            raise ValueError(f"{filename}:{node.lineno}: {target.id} must be built from HP(...), literals, the "
+                             f"module's literal constants and tuple/list/dict/sorted ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def declarations(module: str) -> dict:
+    """{"HPARAMS": (...), "FEATURES": {...}} of a runtime module, read from its source without importing it."""
+    text = (RUNTIME_DIR / f"{module}.py").read_text(encoding="utf-8")
+    key = (module, text)
+    if key not in _DECLARED:
+        _DECLARED[key] = _read_declarations(text, f"packager/runtime/{module}.py")
+    return _DECLARED[key]
+
+
 def all_hparams() -> list[HP]:
     """Every declared HP, in module order then declaration order; names are unique."""
     seen: dict[str, str] = {}
     out: list[HP] = []
     for mod in runtime_modules():
-        module = importlib.import_module(f"packager.runtime.{mod}")
-        for hp in getattr(module, "HPARAMS", ()):
+        for hp in declarations(mod).get("HPARAMS", ()):
             if hp.name in seen:
                 raise ValueError(f"hyperparameter {hp.name!r} declared in both {seen[hp.name]} and {mod}")
             seen[hp.name] = mod
@@ -56,8 +100,7 @@ def all_hparams() -> list[HP]:
 def all_features() -> dict[str, str]:
     out: dict[str, str] = {}
     for mod in runtime_modules():
-        module = importlib.import_module(f"packager.runtime.{mod}")
-        out.update(getattr(module, "FEATURES", {}))
+        out.update(declarations(mod).get("FEATURES", {}))
     return out
 
 

@@ -14,7 +14,8 @@ import io
 import json
 
 PLOT_NAME = "loss_curves.png"
-PLOT_VERSION = 1  # bump when the drawing changes, so that existing plots are redrawn
+PLOT_VERSION = 2  # bump when the drawing changes, so that existing plots are redrawn
+FEW_POINTS = 30  # a curve with at most this many points is drawn with a marker on each
 
 
 def plot_data(runs) -> dict:
@@ -31,6 +32,17 @@ def data_sha256(data: dict) -> str:
 
 def draw(data: dict, title: str) -> bytes | None:
     """PNG bytes, or None when matplotlib is not installed."""
+    fig = figure(data, title)
+    if fig is None:
+        return None
+    buf = io.BytesIO()
+    # No Software/date metadata: the bytes depend only on the data and matplotlib's version.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def figure(data: dict, title: str):
+    """The matplotlib Figure of the plot, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -43,23 +55,21 @@ def draw(data: dict, title: str) -> bytes | None:
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     for i, seed in enumerate(data["seeds"]):
         color = colors[i % len(colors)]
-        if seed["train"]:
-            xs, ys = zip(*seed["train"])
-            ax.plot(xs, ys, color=color, linewidth=1.2, label=f"seed {seed['seed']} train")
-        if seed["val"]:
-            xs, ys = zip(*seed["val"])
-            ax.plot(xs, ys, color=color, linestyle="--", marker="o", markersize=3, linewidth=1.2,
-                    label=f"seed {seed['seed']} validation")
+        # A short run has a handful of points: markers keep each visible (one point draws no line).
+        for key, style, name in (("train", "-", "train"), ("val", "--", "validation")):
+            if seed[key]:
+                xs, ys = zip(*seed[key])
+                ax.plot(xs, ys, color=color, linestyle=style, linewidth=1.2, markersize=3,
+                        marker="o" if key == "val" or len(xs) <= FEW_POINTS else None,
+                        label=f"seed {seed['seed']} {name}")
         step, final = seed["final"]
         if step is not None:
-            ax.plot([step], [final], color=color, marker="*", markersize=9, linestyle="none")
+            ax.plot([step], [final], color=color, marker="*", markersize=9, linestyle="none",
+                    label=f"seed {seed['seed']} final scored val_loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title(f"{title}: train and validation loss per seed (star: final scored val_loss)", fontsize=9)
+    ax.set_title(f"{title}: train and validation loss per seed", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    # No Software/date metadata: the bytes depend only on the data and matplotlib's version.
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return fig

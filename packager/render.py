@@ -55,11 +55,14 @@ def _gate(node: ast.AST) -> tuple[str, bool] | None:
     return None
 
 
-def _first_gate(tree: ast.AST) -> ast.If | None:
-    for node in ast.walk(tree):
-        if _gate(node):
-            return node
-    return None
+def _outer_gates(tree: ast.AST) -> list[ast.If]:
+    """The gates that no other gate contains, last first: resolving one keeps the others' line numbers."""
+    out: list[ast.If] = []
+    todo = [tree]
+    while todo:
+        for child in ast.iter_child_nodes(todo.pop()):
+            (out if _gate(child) else todo).append(child)
+    return sorted(out, key=lambda n: n.lineno, reverse=True)
 
 
 def _indent_of(line: str) -> int:
@@ -79,45 +82,71 @@ def _dedent(lines: list[str], by: int) -> list[str]:
     return out
 
 
-def resolve_gates(source: str, enabled: set[str], known: set[str], filename: str) -> str:
-    """Source with every feature gate resolved for the `enabled` features."""
-    for _ in range(10_000):
-        tree = ast.parse(source)
-        node = _first_gate(tree)
-        if node is None:
-            return source
-        name, negated = _gate(node)
-        if name not in known:
-            raise RenderError(f"unknown feature {name!r}; declare it in the module's FEATURES", filename, node.lineno)
-        lines = source.splitlines(keepends=True)
-        header = lines[node.lineno - 1]
-        if node.orelse and isinstance(node.orelse[0], ast.If) and lines[node.orelse[0].lineno - 1].lstrip().startswith("elif"):
-            raise RenderError("a feature gate may not have an elif branch", filename, node.lineno)
-        keep_body = (name in enabled) != negated
-        kept = node.body if keep_body else node.orelse
-        start, end = node.lineno - 1, node.end_lineno
-        if kept:
-            if keep_body:
-                seg_start = node.lineno  # the line after the `if` header
-                seg_end = node.body[-1].end_lineno
-            else:
-                seg_start = node.orelse[0].lineno - 1
-                while seg_start > node.lineno and lines[seg_start - 1].strip() != "else:":
-                    seg_start -= 1
-                seg_end = node.end_lineno
-            replacement = _dedent(lines[seg_start:seg_end], _indent_of(lines[kept[0].lineno - 1]) - _indent_of(header))
+def _resolve_gate(lines: list[str], node: ast.If, enabled: set[str], known: set[str], filename: str,
+                  empty: str | None) -> list[str]:
+    """`lines` with the gate `node` replaced by the branch the recipe keeps; a gate that keeps nothing
+    becomes `empty` (None: no line at all)."""
+    name, negated = _gate(node)
+    if name not in known:
+        raise RenderError(f"unknown feature {name!r}; declare it in the module's FEATURES", filename, node.lineno)
+    header = lines[node.lineno - 1]
+    if node.orelse and isinstance(node.orelse[0], ast.If) and lines[node.orelse[0].lineno - 1].lstrip().startswith("elif"):
+        raise RenderError("a feature gate may not have an elif branch", filename, node.lineno)
+    keep_body = (name in enabled) != negated
+    kept = node.body if keep_body else node.orelse
+    start, end = node.lineno - 1, node.end_lineno
+    if kept:
+        if keep_body:
+            seg_start = node.lineno  # the line after the `if` header
+            seg_end = node.body[-1].end_lineno
         else:
-            replacement = []
-            # Comments right above a dropped gate describe it: drop them too.
-            while start > 0 and lines[start - 1].strip().startswith("#") and _indent_of(lines[start - 1]) == _indent_of(header):
-                start -= 1
-        candidate = "".join(lines[:start] + replacement + lines[end:])
+            seg_start = node.orelse[0].lineno - 1
+            while seg_start > node.lineno and lines[seg_start - 1].strip() != "else:":
+                seg_start -= 1
+            seg_end = node.end_lineno
+        replacement = _dedent(lines[seg_start:seg_end], _indent_of(lines[kept[0].lineno - 1]) - _indent_of(header))
+    else:
+        replacement = [] if empty is None else [" " * _indent_of(header) + empty + "\n"]
+        # Comments right above a dropped gate describe it: drop them too.
+        while start > 0 and lines[start - 1].strip().startswith("#") and _indent_of(lines[start - 1]) == _indent_of(header):
+            start -= 1
+    return lines[:start] + replacement + lines[end:]
+
+
+def resolve_gates(source: str, enabled: set[str], known: set[str], filename: str) -> str:
+    """Source with every feature gate resolved for the `enabled` features.
+
+    Each round resolves every outermost gate at once (nested gates surface in the next round). A
+    gate that keeps nothing and leaves its block empty becomes `pass`: when a round does not
+    parse, it is redone one gate at a time, with `pass` wherever dropping a gate empties a block."""
+    tree = ast.parse(source)
+    for _ in range(1000):
+        gates = _outer_gates(tree)
+        if not gates:
+            return source
+        lines = source.splitlines(keepends=True)
+        for node in gates:
+            lines = _resolve_gate(lines, node, enabled, known, filename, None)
+        try:
+            source, tree = "".join(lines), ast.parse("".join(lines))
+        except SyntaxError:
+            source = _resolve_one_by_one(source, enabled, known, filename)
+            tree = ast.parse(source)
+    raise RenderError("feature gates did not resolve", filename)
+
+
+def _resolve_one_by_one(source: str, enabled: set[str], known: set[str], filename: str) -> str:
+    """The outermost gates resolved one at a time, last first, each checked to parse."""
+    for count in range(len(_outer_gates(ast.parse(source)))):
+        lines = source.splitlines(keepends=True)
+        node = _outer_gates(ast.parse(source))[0]
+        candidate = "".join(_resolve_gate(lines, node, enabled, known, filename, None))
         try:
             ast.parse(candidate)
         except SyntaxError:
-            candidate = "".join(lines[:start] + [" " * _indent_of(header) + "pass\n"] + lines[end:])
+            candidate = "".join(_resolve_gate(lines, node, enabled, known, filename, "pass"))
         source = candidate
-    raise RenderError("feature gates did not resolve", filename)
+    return source
 
 
 # ---------------------------------------------------------------- modules -> chunks

@@ -73,6 +73,9 @@ def write_folder(folder: Path, files: dict[str, bytes], *, force: bool = False, 
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the new folder's mode
     try:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ def test_workflow_structure():
     assert re.fullmatch(r"3\.\d+", str(setup["with"]["python-version"]))
     runs = "\n".join(s.get("run", "") for s in steps)
     assert "pip install" in runs and "golf-verify --ci" in runs
+    assert set(job["env"]) == {"GOLF_PACK_GIT", "GOLF_PACK_REF"}
     for step in steps:
         assert set(step) <= {"name", "id", "uses", "with", "run", "env", "if"}, step
         assert ("uses" in step) != ("run" in step), step
@@ -164,3 +165,29 @@ def test_ci_flag_verifies_folders(tmp_path):
     result = CliRunner().invoke(main, ["--ci", "--format", "text", str(tmp_path / "records/track_10min_16mb/2026-04-01_A")])
     assert "record folder(s)" in result.output, result.output
     assert result.exit_code in (0, 1)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_workflow_installs_golf_verify_from_its_repository_at_a_pinned_ref(tmp_path):
+    """From git at GOLF_PACK_REF, never a package-index name; click and jsonschema first, golf-pack last
+    with --no-deps (the order in which pip reports no resolver errors); placeholders fail loudly."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for name in ("python", "golf-verify"):
+        (bin_dir / name).write_text(f"#!/bin/sh\nprintf '%s\\n' \"{name} $*\" >> {shlex.quote(str(calls))}\n")
+        (bin_dir / name).chmod(0o755)
+    job = load_workflow()["jobs"]["verify"]
+    step = next(s for s in job["steps"] if s.get("name") == "Install golf-verify")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", GOLF_PACK_GIT="https://git.example/golf-pack",
+               GOLF_PACK_REF="0123456789abcdef0123456789abcdef01234567")
+    run = subprocess.run(["bash", "-e", "-c", step["run"]], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert calls.read_text().splitlines() == [
+        "python -m pip install click>=8.1 jsonschema>=4.20",
+        "python -m pip install --no-deps golf-pack @ git+https://git.example/golf-pack@0123456789abcdef0123456789abcdef01234567",
+        "golf-verify --version"]
+    placeholders = dict(env, **job["env"])
+    run = subprocess.run(["bash", "-e", "-c", step["run"]], env=placeholders, capture_output=True, text=True)
+    assert run.returncode == 1 and "::error::set GOLF_PACK_GIT and GOLF_PACK_REF" in run.stdout
+

@@ -216,11 +216,11 @@ def test_restore_low_dim_params_to_fp32():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(model_dim=30, num_heads=4), "divisible by num_heads"),
-    (dict(num_heads=4, num_kv_heads=3), "divisible by num_kv_heads"),
+    (dict(model_dim=30, num_heads=4), "MODEL_DIM=30 must be divisible by NUM_HEADS=4"),
+    (dict(num_heads=4, num_kv_heads=3), "divisible by NUM_KV_HEADS=3"),
     (dict(model_dim=36, num_heads=12, num_kv_heads=4), "must be even"),
-    (dict(logit_softcap=0.0), "logit_softcap"),
-    (dict(activation="gelu"), "unknown activation"),
+    (dict(logit_softcap=0.0), "LOGIT_SOFTCAP=0.0 must be positive"),
+    (dict(activation="gelu"), "ACTIVATION='gelu' is not built into this script"),
 ])
 def test_invalid_shapes_raise_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -275,7 +275,7 @@ def test_partial_rope_rotates_only_the_first_dims():
     full = M.Rotary(16)(10, torch.device("cpu"), torch.float32)
     assert not torch.allclose(M.apply_rotary_emb(x, *full)[..., 8:], x[..., 8:])  # full RoPE does rotate them
     for bad in (7, 18):
-        with pytest.raises(ValueError, match="rope_dims"):
+        with pytest.raises(ValueError, match="ROPE_DIMS"):
             M.CausalSelfAttention(make_args(rope_dims=bad))
 
 
@@ -315,7 +315,7 @@ def test_value_embedding_reaches_only_the_listed_layers():
     assert abs(fresh.ve_shared.embed.weight.std().item() - 0.01) < 0.002
     assert torch.all(fresh.ve_layer_scales[0] == 1)
     for bad in ("1,4", "-1", "2,2"):  # out of range, negative (would index from the end), repeated
-        with pytest.raises(ValueError, match="ve_layers"):
+        with pytest.raises(ValueError, match="VE_LAYERS"):
             M.GPT(make_args(ve_dim=8, ve_layers=bad))
 
 

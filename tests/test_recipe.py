@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,61 @@ def test_lora_chunk_longer_than_the_window_is_refused(tmp_path):
     data["ttt"] = {"mode": "lora", "chunk_len": 256}
     with pytest.raises(UserError, match="ttt.chunk_len: chunk_len 256 must be at most the eval sequence length 128"):
         load_recipe(write(tmp_path, yaml.safe_dump(data)))
+
+
+def test_every_mistake_of_a_recipe_is_reported_at_once(tmp_path):
+    text = BASELINE.read_text().replace("  num_layers: 9", "  num_layer: 9").replace("  mlp_mult: 2", "  mlp_mul: 2")
+    records = tmp_path / "records"
+    result = CliRunner().invoke(pack, [str(write(tmp_path, text)), "--records", str(records)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 2, result.output
+    assert any("model.num_layer: unknown key; did you mean 'num_layers'?" in l for l in lines)
+    assert any("model.mlp_mul: unknown key; did you mean 'mlp_mult'?" in l for l in lines)
+    assert all(l.startswith("error: ") and "r.yaml:" in l for l in lines) and not records.exists()
+    # rules between fields, once every value has the right type: all of them too
+    data = yaml.safe_load(BASELINE.read_text())
+    data["model"]["num_kv_heads"] = 3
+    data["eval"] = {"sliding_stride": 4096}
+    result = CliRunner().invoke(pack, [str(write(tmp_path, yaml.safe_dump(data))), "--records", str(records)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 2, result.output
+    assert "num_kv_heads" in result.output and "sliding_stride 4096" in result.output and not records.exists()
+
+
+@pytest.mark.parametrize("track, cap, message", [
+    ("10min_16mb", 900, "max_wallclock_seconds must be > 0 and at most 600 on the 10min_16mb track, got 900"),
+    ("10min_16mb", -5, "got -5: records train for at most 600 s on 8xH100 \\(README\\), and 0 or less would turn"),
+    ("10min_16mb", 0, "must be > 0 and at most 600 on the 10min_16mb track, got 0"),
+    ("non_record_16mb", -5, "max_wallclock_seconds must be 0 \\(no cap\\) or positive, got -5"),
+])
+def test_track_limits_are_checked_when_rendering(tmp_path, track, cap, message):
+    data = yaml.safe_load(BASELINE.read_text())
+    data["identity"]["track"], data["train"]["max_wallclock_seconds"] = track, cap
+    path = write(tmp_path, yaml.safe_dump(data, sort_keys=False))
+    line = path.read_text().splitlines().index(f"  max_wallclock_seconds: {cap}") + 1
+    result = CliRunner().invoke(pack, [str(path), "--records", str(tmp_path / "records")])
+    assert result.exit_code == 2 and not (tmp_path / "records").exists()
+    (out,) = result.output.strip().splitlines()
+    assert out.startswith(f"error: {path}:{line}: train.max_wallclock_seconds: ")
+    assert re.search(message, out), out
+
+
+def test_no_limit_off_the_record_track(tmp_path):
+    data = yaml.safe_load(BASELINE.read_text())
+    data["identity"]["track"], data["train"]["max_wallclock_seconds"] = "non_record_16mb", 4850
+    assert load_recipe(write(tmp_path, yaml.safe_dump(data))).values["max_wallclock_seconds"] == 4850
+
+
+def test_loading_and_rendering_a_recipe_never_imports_torch(tmp_path):
+    """Recipe errors come back in well under a second: torch (seconds to import) is never loaded."""
+    bad = write(tmp_path, BASELINE.read_text().replace("  num_layers: 9", "  num_layer: 9"))
+    code = ("import sys, time\n"
+            "from packager.cli import pack\n"
+            "from packager.recipe import load_recipe\n"
+            "from packager.render import render_script\n"
+            f"render_script(load_recipe({str(BASELINE)!r}))\n"
+            "t = time.perf_counter()\n"
+            f"try:\n    load_recipe({str(bad)!r})\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+            "print('torch' in sys.modules, 'numpy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["UserError", "False", "False"], out.stdout

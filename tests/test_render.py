@@ -141,3 +141,26 @@ def test_too_long_is_refused_with_the_count(monkeypatch):
     monkeypatch.setattr(render, "MAX_LINES", 100)
     with pytest.raises(RenderError, match=r"would have \d+ lines, over the 100-line limit"):
         render_script(load_recipe(BASELINE))
+
+
+def test_declarations_are_read_from_source_as_imported():
+    """The packager reads HPARAMS and FEATURES without importing the modules (no torch): the same objects."""
+    import importlib
+
+    from packager.hparams import declarations, runtime_modules
+
+    for name in runtime_modules():
+        module = importlib.import_module(f"packager.runtime.{name}")
+        read = declarations(name)
+        assert tuple(read.get("HPARAMS", ())) == tuple(getattr(module, "HPARAMS", ())), name
+        assert read.get("FEATURES", {}) == getattr(module, "FEATURES", {}), name
+
+
+def test_a_declaration_that_is_not_data_is_refused_with_its_place():
+    from packager.hparams import _read_declarations
+
+    src = 'LAYERS = {"q": 1, "v": 2}\nHPARAMS = (HP("x", "X", "model.x", str, "q", choices=tuple(sorted(LAYERS))),)\n'
+    (hp,) = _read_declarations(src, "m.py")["HPARAMS"]
+    assert hp.choices == ("q", "v")
+    with pytest.raises(ValueError, match=r"m\.py:1: HPARAMS must be built from HP\(...\), literals"):
+        _read_declarations("HPARAMS = (HP('x', 'X', 'model.x', int, default_of()),)\n", "m.py")

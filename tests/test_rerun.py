@@ -19,6 +19,7 @@ from packager.cli import pack
 from verifier.checks import REGISTRY, run_checks
 from verifier.cli import _expand_seeds, main
 from verifier.report import _clean
+from verifier.folder import golf_pack_smoke_env
 from verifier.rerun import (SMOKE_OVERRIDES, RerunResult, SeedRun, _Probe, _reserve, _Watcher, find_records,
                             network_isolation)
 
@@ -49,15 +50,15 @@ def rerun_dirs(folder: Path) -> list[Path]:
         if (folder / "verify").is_dir() else []
 
 
-def leftover_workers() -> list[str]:
-    """Processes still running in a rerun's temporary copy (a killed run must leave none)."""
+def leftover_workers(under: Path) -> list[str]:
+    """Processes still running in a rerun's temporary copy under `under` (a killed run must leave none)."""
     out = []
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         try:
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if "golf-rerun-" in cwd and int(pid) != os.getpid():
+        if cwd.startswith(str(under.resolve())) and "golf-rerun-" in cwd and int(pid) != os.getpid():
             out.append(f"{pid}:{cwd}")
     return out
 
@@ -74,12 +75,26 @@ def baseline(tmp_path) -> Path:
 # ------------------------------------------------------------------------------------------------ fast
 
 
-def test_smoke_overrides_cover_the_test_suites_smoke_settings():
-    from tests.test_e2e import SMOKE_ENV
-    from tests.test_recipes import SMOKE
+def test_smoke_rerun_of_a_golf_pack_folder_adds_its_features_settings(tmp_path, monkeypatch):
+    """golf-verify --rerun --smoke takes a golf-pack folder's own small settings from its manifest."""
+    import verifier.rerun as rerun
 
-    assert set(SMOKE_ENV) | set(SMOKE) <= set(SMOKE_OVERRIDES)
-    assert all(SMOKE_OVERRIDES[k] == v for k, v in SMOKE.items())
+    folder = tmp_path / "lora"
+    result = CliRunner().invoke(pack, [str(ROOT / "recipes" / "lora_ttt_swiglu_1xh100.yaml"), "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    seen = {}
+
+    def fake_child_env(base, **kw):
+        seen.update(kw["extra"])
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr(rerun, "_child_env", fake_child_env)
+    with pytest.raises(KeyboardInterrupt):
+        rerun.rerun_folder(folder, smoke=True, seeds=[1], isolate=False, data_path=str(tmp_path),
+                           tokenizer_path=str(folder / "recipe.yaml"), extra_env={"TTT_BATCH_DOCS": "8"},
+                           progress=lambda msg: None)
+    assert seen["TTT_CHUNK_LEN"] == "64" and seen["XSA_LAST_N"] == "1" and seen["TTT_BATCH_DOCS"] == "8"
+    assert not (folder / "verify").exists()
 
 
 def test_seeds_take_several_values():
@@ -284,20 +299,34 @@ def test_probe_prints_the_findings_of_run_probes(baseline, monkeypatch):
 
 
 @pytest.mark.slow
-def test_smoke_rerun_of_two_seeds_end_to_end(baseline):
-    before = digest(baseline)
-    static_before = json.loads(invoke([baseline, "--format", "json"]).stdout)
-    result = invoke([baseline, "--rerun", "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])
+def test_smoke_rerun_of_two_seeds_then_collected_and_reproduced(tmp_path, tiny_data):
+    """One pair of CPU runs serves three checks: golf-verify --rerun --smoke on two seeds, golf-pack
+    collecting those logs as the record's own, and a full rerun that reproduces one of them."""
+    from tests.test_collect import check_collected_from_real_logs, render, write_recipe
+
+    folder = render(tmp_path, write_recipe(tmp_path, seeds=(1, 2)))
+    saved = _check_smoke_rerun(folder)
+    for seed in (1, 2):
+        shutil.copyfile(saved / f"train_seed{seed}.log", folder / f"train_seed{seed}.log")
+    shutil.rmtree(folder / "verify")
+    check_collected_from_real_logs(folder, seeds=(1, 2), world_size=2)
+    _check_full_rerun_reproduces(folder, tiny_data)
+
+
+def _check_smoke_rerun(folder: Path) -> Path:
+    before = digest(folder)
+    static_before = json.loads(invoke([folder, "--format", "json"]).stdout)
+    result = invoke([folder, "--rerun", "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])
     assert result.exit_code == 0, result.output[-4000:]
     progress = result.stderr
     assert "seed 1/2" in progress and "seed 2/2" in progress
     assert "artifact written" in progress and "final score val_bpb" in progress and "training step 1/6" in progress
 
     # the record folder: byte-identical apart from the one new verify/<timestamp>/ folder
-    (saved,) = rerun_dirs(baseline)
+    (saved,) = rerun_dirs(folder)
     assert re.fullmatch(r"\d{8}T\d{6}Z(-\d+)?", saved.name)
     rel = f"verify/{saved.name}"
-    changed = changes(before, digest(baseline))
+    changed = changes(before, digest(folder))
     assert changed and all(c.startswith(rel + "/") for c in changed), changed
     assert {p.name for p in saved.iterdir()} == {"train_seed1.log", "train_seed2.log", "console_seed1.out",
                                                  "console_seed2.out", "rerun.json"}
@@ -320,6 +349,7 @@ def test_smoke_rerun_of_two_seeds_end_to_end(baseline):
     assert _clean(data) == report["summary"]["rerun"]  # the JSON report rounds floats to 10 digits
     assert data["mode"] == "smoke" and data["nproc"] == 2 and data["folder_unchanged"] is True
     assert data["verify_dir"] == rel and data["static"]["verdict"] == "pass"
+    assert data["env_overrides"] == dict(SMOKE_OVERRIDES, **golf_pack_smoke_env(folder))
     for entry, seed in zip(data["seeds"], (1, 2)):
         assert entry["seed"] == seed and entry["status"] == "ok" and entry["phase"] == "done"
         assert entry["comparison"] == "not compared (smoke)" and entry["log"] == f"{rel}/train_seed{seed}.log"
@@ -327,15 +357,45 @@ def test_smoke_rerun_of_two_seeds_end_to_end(baseline):
         assert 0 < t["start_to_artifact_s"] <= t["start_to_final_s"] <= t["wall_s"]
         assert t["artifact_to_final_s"] == pytest.approx(t["start_to_final_s"] - t["start_to_artifact_s"], abs=1e-3)
         assert entry["world_size"] == 2 and entry["device"] == "2xcpu" and entry["script"]["steps"] == 6
-    assert str(baseline.parent.parent) not in json.dumps(data["data"])  # no machine paths in the saved summary
+    assert str(folder.parent.parent) not in json.dumps(data["data"])  # no machine paths in the saved summary
 
     # a later static verify of the record is not confused by the saved reproductions
-    static_after = json.loads(invoke([baseline, "--format", "json"]).stdout)
+    static_after = json.loads(invoke([folder, "--format", "json"]).stdout)
     assert static_after["findings"] == static_before["findings"] and static_after["verdict"] == "pending"
+    return saved
+
+
+def _check_full_rerun_reproduces(folder: Path, tiny_data: Path) -> None:
+    """A non-smoke rerun (the smoke settings given with --env) of seed 1 reproduces the collected claim."""
+    env = []
+    for key, value in dict(SMOKE_OVERRIDES, **golf_pack_smoke_env(folder), OMP_NUM_THREADS="1").items():
+        env += ["--env", f"{key}={value}"]
+    data_args = ["--data-path", tiny_data / "datasets" / "fineweb10B_sp1024",
+                 "--tokenizer-path", tiny_data / "tokenizers" / "fineweb_1024_bpe.model"]
+    result = invoke([folder, "--rerun", "--seeds", "1", "--nproc", "2", *data_args, *env, "--format", "json",
+                     "--tolerance", "0.002"])
+    report = json.loads(result.stdout)
+    (found,) = [f for f in report["findings"] if f["check"] == "rerun.reproduce"]
+    assert found["severity"] == "info" and "seed 1 reproduces" in found["message"], found
+    assert "submission.json" in found["evidence"]["claim_source"]
+    assert [f["severity"] for f in report["findings"] if f["check"] == "rerun.hardware"] == ["warning"]  # CPU
+    entry = report["summary"]["rerun"]["seeds"][0]
+    assert entry["reproduces"] is True and abs(entry["delta_bpb"]) <= 0.002 and entry["claimed"]["val_bpb"] > 0
+    assert report["summary"]["rerun"]["mode"] == "full"
 
 
 @pytest.mark.slow
-def test_rerun_killed_at_its_timeout_keeps_the_partial_log(baseline, tiny_data):
+def test_rerun_killed_at_its_timeout_keeps_the_partial_log(baseline, tiny_data, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"  # the rerun's temporary copy goes here: only its processes are looked for
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    # The script hangs after its first logged training step (asleep: the wait costs no CPU).
+    script = baseline / "train_gpt.py"
+    step_line = 'f"train_time:{now_ms:.0f}ms step_avg:{now_ms / step:.2f}ms")\n'
+    assert script.read_text().count(step_line) == 1
+    script.write_text(script.read_text().replace(step_line, step_line + "            time.sleep(600)\n"))
     before = digest(baseline)
     result = invoke([baseline, "--rerun", "--smoke", "--seeds", "3", "--timeout", "20", "--env", "ITERATIONS=1000000",
                      "--data-path", tiny_data / "datasets" / "fineweb10B_sp1024",
@@ -353,32 +413,4 @@ def test_rerun_killed_at_its_timeout_keeps_the_partial_log(baseline, tiny_data):
     assert entry["status"] == "timeout" and entry["phase"] == "training" and entry["step"] > 0
     assert entry["log"] == f"verify/{saved.name}/train_seed3.log" and data["env_overrides"]["ITERATIONS"] == "1000000"
     assert 20 <= entry["timers_s"]["wall_s"] < 60
-    assert not leftover_workers()
-
-
-@pytest.mark.slow
-def test_full_rerun_compares_with_the_folders_own_log(baseline, tiny_data, tmp_path):
-    """A non-smoke rerun (small settings through --env) takes the claim from the folder's existing log."""
-    env = []
-    for key, value in SMOKE_OVERRIDES.items():
-        env += ["--env", f"{key}={value}"]
-    env += ["--env", "OMP_NUM_THREADS=1"]
-    data_args = ["--data-path", tiny_data / "datasets" / "fineweb10B_sp1024",
-                 "--tokenizer-path", tiny_data / "tokenizers" / "fineweb_1024_bpe.model"]
-    first = invoke([baseline, "--rerun", "--seeds", "4", "--nproc", "1", *data_args, *env, "--format", "json"])
-    (saved,) = rerun_dirs(baseline)
-    shutil.copyfile(saved / "train_seed4.log", baseline / "train_seed4.log")  # the record's own log now
-    shutil.rmtree(baseline / "verify")
-    report = json.loads(first.stdout)
-    assert [f["severity"] for f in report["findings"] if f["check"] == "rerun.hardware"] == ["warning"]
-    assert [f["severity"] for f in report["findings"] if f["check"] == "rerun.reproduce"] == ["info"]  # no claim
-
-    second = invoke([baseline, "--rerun", "--seeds", "4", "--nproc", "1", *data_args, *env, "--format", "json",
-                     "--tolerance", "0.002"])
-    report = json.loads(second.stdout)
-    (found,) = [f for f in report["findings"] if f["check"] == "rerun.reproduce"]
-    assert found["severity"] == "info" and "seed 4 reproduces" in found["message"], found
-    assert found["evidence"]["claim_source"] == "log train_seed4.log"
-    entry = report["summary"]["rerun"]["seeds"][0]
-    assert entry["reproduces"] is True and abs(entry["delta_bpb"]) <= 0.002 and entry["claimed"]["val_bpb"] > 0
-    assert report["summary"]["rerun"]["mode"] == "full"
+    assert not leftover_workers(scratch)

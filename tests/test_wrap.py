@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from packager.cli import pack
 from packager.wrap import _drop_docstrings, payload_source, unwrap_lzma_b85
 
-from tests.test_e2e import smoke_env
+from tests.test_e2e import run_torchrun, smoke_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "recipes" / "naive_baseline.yaml"
@@ -56,20 +56,24 @@ def test_drop_docstrings_keeps_code():
 
 
 @pytest.mark.slow
-def test_wrapped_and_readable_give_identical_results(wrapped_folder, tiny_data):
-    results = {}
-    for script, seed in (("train_gpt.py", "21"), ("train_gpt_readable.py", "22")):
-        env = smoke_env(tiny_data, SEED="5", ITERATIONS="8", TRAIN_LOG_EVERY="4")
-        env["LOG_DIR"] = str(wrapped_folder / f"logs_{seed}")
-        Path(env["LOG_DIR"]).mkdir()
-        import subprocess
-        import sys
-
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", script]
-        out = subprocess.run(cmd, cwd=wrapped_folder, env=env, capture_output=True, text=True, timeout=120)
+def test_wrapped_and_readable_give_identical_results_and_keep_each_log(wrapped_folder, tiny_data):
+    """Both forms run (one rank, eight accumulation steps) to the same result; the second run of the same
+    seed in the same place writes train_seed5_run2.log and leaves the first log as it was."""
+    logs = wrapped_folder / "logs"
+    logs.mkdir()
+    results, first_log = {}, None
+    for script in ("train_gpt.py", "train_gpt_readable.py"):
+        env = smoke_env(tiny_data, SEED="5", ITERATIONS="8", TRAIN_LOG_EVERY="4", LOG_DIR=str(logs))
+        out = run_torchrun(wrapped_folder, 1, env, script=script)
         assert out.returncode == 0, out.stderr[-2000:]
         res = json.loads(re.search(r"^golf_result_json:(.*)$", out.stdout, re.M).group(1))
         assert res["bytes_code"] == (wrapped_folder / script).stat().st_size
+        assert (res["world_size"], res["grad_accum_steps"], res["steps"]) == (1, 8, 8)
         results[script] = res
+        first_log = first_log or (logs / "train_seed5.log").read_bytes()
     a, b = results["train_gpt.py"], results["train_gpt_readable.py"]
     assert a["val_loss"] == b["val_loss"] and a["bytes_model"] == b["bytes_model"]
+    assert sorted(p.name for p in logs.glob("*.log")) == ["train_seed5.log", "train_seed5_run2.log"]
+    assert (logs / "train_seed5.log").read_bytes() == first_log
+    assert (logs / "train_seed5_run2.log").read_text().splitlines()[-1] == "golf_result_json:" + json.dumps(
+        b, sort_keys=True)

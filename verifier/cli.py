@@ -123,7 +123,10 @@ def _emit(reports: list[Report], fmt: str, color) -> None:
               help="With --rerun: largest |reproduced - claimed| val_bpb that counts as reproduced (default 0.002).")
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE",
               help="With --rerun: extra environment for the run (recorded in rerun.json), e.g. --env TORCH_COMPILE=0.")
-@click.option("--probe", is_flag=True, help="Run the dynamic probes of verifier.probes on FOLDER.")
+@click.option("--probe", is_flag=True,
+              help="Legality probes (causality, scoring ledger, normalization, validation isolation): run "
+                   "train_gpt.py three or four times on CPU with the tiny dataset, in a temporary copy, offline "
+                   "(about a minute on two cores; executes the submission's code).")
 @click.option("--ci", is_flag=True,
               help="Verify every record folder (one with submission.json or train_gpt.py) under the FOLDERS given; "
                    "GitHub annotations; exit 1 on any error; pending folders are reported as pending.")

@@ -22,7 +22,7 @@ from verifier.logs import LogSummary, parse_log
 from verifier.scripts import ScriptInfo, facts_for_folder, script_info
 
 __all__ = ["RecordFolder", "ReadProblem", "SubmissionFile", "load_folder", "read_bytes", "READ_CAP",
-           "TRACK_DIRS", "JFloat"]
+           "TRACK_DIRS", "JFloat", "golf_pack_smoke_env"]
 
 READ_CAP = 64 * 1024 * 1024
 MAX_ENTRIES = 5000
@@ -241,9 +241,9 @@ def load_folder(path: str | Path, *, script_facts: dict[str, dict] | None = None
     """Read a record folder. Raises FileNotFoundError / NotADirectoryError only for the folder itself."""
     root_path = Path(path)
     if not root_path.exists():
-        raise FileNotFoundError(str(path))
+        raise FileNotFoundError("no such folder")
     if not root_path.is_dir():
-        raise NotADirectoryError(str(path))
+        raise NotADirectoryError("not a folder (a record folder holds train_gpt.py, submission.json and the logs)")
     root = os.path.realpath(root_path)
     folder = RecordFolder(root=Path(root), name=Path(root).name,
                           track_from_path=TRACK_DIRS.get(Path(root).parent.name))
@@ -280,6 +280,17 @@ def load_folder(path: str | Path, *, script_facts: dict[str, dict] | None = None
     folder.main_script = _main_script(folder.scripts)
     folder.code_script = _code_script(folder)
     return folder
+
+
+def golf_pack_smoke_env(path: str | Path) -> dict[str, str]:
+    """The smoke-run settings golf-pack stored for a folder's script (`smoke_env` of .golf-pack.json):
+    each of its features' small values (`golf-pack smoke`, `golf-verify --rerun --smoke`); {} when none."""
+    try:
+        data = read_bytes(Path(path) / MANIFEST, 1 << 20)
+        env = json.loads(data.decode("utf-8")).get("smoke_env") if data else None
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
 
 
 def _code_script(folder: RecordFolder) -> str | None:

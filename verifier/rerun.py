@@ -14,7 +14,8 @@ temporary copy of the folder (the record folder itself is never written to, exce
   ones, verified with every static check, plus the rerun findings (verifier/checks/rerun.py).
 
 `--smoke` does the same on CPU with the tiny dataset (built in a temporary folder unless
-`--data-path` is given) and SMOKE_OVERRIDES; scores are then not compared with the claims.
+`--data-path` is given), SMOKE_OVERRIDES and, in a golf-pack folder, its features' own smoke
+settings (`smoke_env` of .golf-pack.json); scores are then not compared with the claims.
 
 Public API: rerun_folder(...) -> RerunOutcome; find_records(root); SMOKE_OVERRIDES.
 """
@@ -41,7 +42,7 @@ from typing import Callable
 from verifier import VerifyError, __version__, verify_folder
 from verifier.analysis import analyse, effective_seed
 from verifier.checks import REGISTRY, run_checks
-from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, load_folder
+from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, golf_pack_smoke_env, load_folder
 from verifier.logs import LogSummary, parse_log
 from verifier.report import Report
 from verifier.stats import DEFAULT_POLICY, load_policy
@@ -57,17 +58,14 @@ DEFAULT_TOLERANCE_BPB = 0.002
 TRAIN_CAP_S = 600.0
 PROGRESS_EVERY_S = 10.0
 
-# Small model, few steps: a smoke rerun takes seconds per seed on CPU. The keys of tests/test_e2e.py
-# SMOKE_ENV and tests/test_recipes.py SMOKE (the latter wins where both set a key).
+# Small model, few steps: a smoke rerun takes seconds per seed on CPU. These are the variables of the
+# public baseline script, which every Parameter Golf script inherits; a folder rendered by golf-pack
+# adds its features' own (`smoke_env` in .golf-pack.json, from the runtime modules' declarations).
 SMOKE_OVERRIDES: dict[str, str] = {
     "ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4",
     "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "128", "TRAIN_BATCH_TOKENS": "2048", "VAL_BATCH_SIZE": "16384",
     "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "3", "WARMDOWN_ITERS": "10", "MAX_WALLCLOCK_SECONDS": "0",
     "MATRIX_LR": "0.02",
-    "EVAL_SEQ_LEN": "128", "EVAL_STRIDE": "64", "TTT_CHUNK_TOKENS": "4096", "TTT_CHUNK_LEN": "64", "TTT_EPOCHS": "1",
-    "TTT_PHASE1_EPOCHS": "1", "TTT_PHASE2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_PHASE2_LAST_K": "1",
-    "XSA_LAST_N": "1", "VE_LAYERS": "1", "BIGRAM_VOCAB_SIZE": "512", "BIGRAM_DIM": "32", "VE_DIM": "32",
-    "ROPE_DIMS": "8",
 }
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -731,6 +729,8 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
     if timeout_s <= 0:
         raise RerunError("--timeout must be > 0 seconds")
     extra = {str(k): str(v) for k, v in (extra_env or {}).items()}
+    if smoke:
+        extra = {**golf_pack_smoke_env(src), **extra}
     for key in ("SEED", "LOG_DIR"):
         if key in extra:
             raise RerunError(f"--env {key}=...: golf-verify sets {key} itself")

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from packager.errors import UserError
+from packager.errors import UserError, UserErrors
 from packager.hparams import resolve
 from packager.recipe.schema import build_schema
 
@@ -102,29 +102,31 @@ _TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a strin
                "boolean": "a boolean (true/false)", "object": "a mapping", "array": "a list"}
 
 
-def _schema_error(err: jsonschema.ValidationError, recipe_path: tuple, lines: dict, file: str) -> UserError:
+def _schema_errors(err: jsonschema.ValidationError, lines: dict, file: str) -> list[UserError]:
+    """One UserError per mistake a schema error stands for (each unknown key of a mapping on its own)."""
     path = tuple(err.absolute_path)
     where = lines.get(path) or _nearest_line(path, lines)
     dotted = ".".join(str(p) for p in path) or "(top level)"
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed))
-        key = extra[0]
-        guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {guess[0]!r}?" if guess else f"expected one of: {', '.join(allowed)}"
-        full = ".".join(str(p) for p in path + (key,))
-        return UserError(f"unknown key; {hint}", file, lines.get(path + (key,)) or where, full)
+        out = []
+        for key in sorted(set(err.instance) - set(allowed)):
+            guess = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean {guess[0]!r}?" if guess else f"expected one of: {', '.join(allowed)}"
+            full = ".".join(str(p) for p in path + (key,))
+            out.append(UserError(f"unknown key; {hint}", file, lines.get(path + (key,)) or where, full))
+        return out
     if err.validator == "type":
         kinds = [err.validator_value] if isinstance(err.validator_value, str) else err.validator_value
         expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
-        return UserError(f"expected {expected}, got {_describe(err.instance)}", file, where, dotted)
+        return [UserError(f"expected {expected}, got {_describe(err.instance)}", file, where, dotted)]
     if err.validator == "enum":
         opts = ", ".join(repr(o) for o in err.validator_value)
-        return UserError(f"expected one of {opts}, got {err.instance!r}", file, where, dotted)
+        return [UserError(f"expected one of {opts}, got {err.instance!r}", file, where, dotted)]
     if err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
-        return UserError(f"missing required key {missing!r}", file, where, dotted)
-    return UserError(err.message, file, where, dotted)
+        return [UserError(f"missing required key {missing!r}", file, where, dotted)]
+    return [UserError(err.message, file, where, dotted)]
 
 
 def _nearest_line(path: tuple, lines: dict) -> int | None:
@@ -188,7 +190,21 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
     out += frontier_rules(v)
     if len(set(recipe.seeds)) != len(recipe.seeds):
         out.append(("seeds", "seeds must be distinct"))
-    return out
+    return out + track_limits(recipe)
+
+
+def track_limits(recipe: Recipe) -> list[tuple[str, str]]:
+    """[(key path, message)] where the recipe cannot run within its track's limits."""
+    from verifier.checks.timing import LIMIT_S
+
+    cap = recipe.values["max_wallclock_seconds"]
+    if recipe.track == "10min_16mb" and not 0 < cap <= LIMIT_S:
+        return [("train.max_wallclock_seconds",
+                 f"max_wallclock_seconds must be > 0 and at most {LIMIT_S:g} on the 10min_16mb track, got {cap:g}: "
+                 f"records train for at most {LIMIT_S:g} s on 8xH100 (README), and 0 or less would turn the cap off")]
+    if cap < 0:
+        return [("train.max_wallclock_seconds", f"max_wallclock_seconds must be 0 (no cap) or positive, got {cap:g}")]
+    return []
 
 
 def frontier_rules(v: dict) -> list[tuple[str, str]]:
@@ -227,12 +243,12 @@ def load_recipe(path: str | Path, *, display: str | None = None) -> Recipe:
         raise UserError(f"cannot read recipe: {exc.__class__.__name__}", file) from None
     data, lines = parse_yaml(text, file)
     validator = jsonschema.Draft202012Validator(build_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (lines.get(tuple(e.absolute_path)) or 0, [str(p) for p in e.absolute_path]))
+    errors = [e for err in validator.iter_errors(data) for e in _schema_errors(err, lines, file)]
+    if not errors:  # the rules between fields need every value of the right type
+        recipe = Recipe(path=path, text=text, data=data, values=resolve(data), lines=lines)
+        errors = [UserError(message, file, recipe.line_of(tuple(key.split("."))), key)
+                  for key, message in cross_field_rules(recipe)]
     if errors:
-        raise _schema_error(errors[0], (), lines, file)
-    recipe = Recipe(path=path, text=text, data=data, values=resolve(data), lines=lines)
-    problems = cross_field_rules(recipe)
-    if problems:
-        key, message = problems[0]
-        raise UserError(message, file, recipe.line_of(tuple(key.split("."))), key)
+        errors.sort(key=lambda e: (e.line or 0, e.key or ""))
+        raise errors[0] if len(errors) == 1 else UserErrors(errors)
     return recipe

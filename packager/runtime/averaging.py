@@ -29,7 +29,7 @@ HPARAMS = (
     HP("ema_every", "EMA_EVERY", "train.averaging.ema_every", int, 1, feature="ema", minimum=1,
        doc="update the EMA every N steps with decay^N"),
     HP("swa_every", "SWA_EVERY", "train.averaging.swa_every", int, 0, feature="swa", minimum=0,
-       doc="snapshot every N steps (0: no SWA; ignored when EMA is on)"),
+       doc="snapshot every N steps (0: no SWA; ignored when EMA is on)", smoke=2),
     HP("swa_start_frac", "SWA_START_FRAC", "train.averaging.swa_start_frac", float, 0.4, feature="swa",
        minimum=0.0, doc="snapshot only while the LR multiplier is below this (0.2: tight SWA)"),
 )

@@ -29,9 +29,9 @@ FEATURES = {
 
 HPARAMS = (
     HP("eval_seq_len", "EVAL_SEQ_LEN", "eval.seq_len", int, 0, feature="eval_seq_len",
-       doc="window length of the final evaluations (0: train_seq_len)", minimum=0),
+       doc="window length of the final evaluations (0: train_seq_len)", minimum=0, smoke=128),
     HP("sliding_stride", "EVAL_STRIDE", "eval.sliding_stride", int, 0, feature="sliding",
-       doc="sliding-window stride; each window scores its last stride tokens (0: off)", minimum=0),
+       doc="sliding-window stride; each window scores its last stride tokens (0: off)", minimum=0, smoke=64),
     HP("eval_batch_seqs", "EVAL_BATCH_SEQS", "eval.batch_seqs", int, 32, feature="sliding",
        doc="windows per forward pass in the sliding evaluation", minimum=1),
 )
@@ -73,8 +73,8 @@ def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
 
 
-def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
-    """[(start, first scored, end)]: scored spans tile [0, total) in order, end their windows and advance by stride."""
+def eval_window(args) -> tuple[int, int]:
+    """(window length, stride) of the final evaluations; ValueError naming EVAL_STRIDE when they cannot work."""
     if feature("eval_seq_len"):
         seq_len = args.eval_seq_len or args.train_seq_len
     else:
@@ -85,6 +85,12 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
         stride = seq_len
     if not 0 < stride <= seq_len:
         raise ValueError(f"EVAL_STRIDE={stride} must be in 1..{seq_len} (the evaluation window length)")
+    return seq_len, stride
+
+
+def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
+    """[(start, first scored, end)]: scored spans tile [0, total) in order, end their windows and advance by stride."""
+    seq_len, stride = eval_window(args)
     ends = list(range(min(seq_len, total), total, stride)) + [total]
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 

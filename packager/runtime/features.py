@@ -35,6 +35,11 @@ class HP:
     off). `feature` is the feature that needs it (None: every script has it).
     `doc` becomes the schema description and the comment in the rendered block.
     `choices` (allowed values) and `minimum` are checked by the recipe schema.
+    `smoke` is the value of a CPU smoke run (`golf-pack smoke`: tiny data, a small model, a
+    few steps), for a feature's hyperparameter that must shrink with the model or the data
+    while keeping its code path busy (None: the recipe's value); the settings every
+    Parameter Golf script shares (NUM_LAYERS, ITERATIONS, ...) are golf-verify's
+    (verifier.rerun.SMOKE_OVERRIDES).
     """
 
     name: str
@@ -46,6 +51,7 @@ class HP:
     doc: str = ""
     choices: tuple | None = None
     minimum: float | None = None
+    smoke: Any = None
 
     def parse(self, raw: str) -> Any:
         if self.kind is bool:

@@ -65,21 +65,21 @@ HPARAMS = (
     HP("rope_base", "ROPE_BASE", "model.rope_base", float, 10000.0, doc="RoPE frequency base"),
     HP("qk_gain_init", "QK_GAIN_INIT", "model.qk_gain_init", float, 1.5, doc="initial per-head query gain"),
     HP("xsa_last_n", "XSA_LAST_N", "model.xsa_last_n", int, 0, feature="xsa",
-       doc="exclusive self-attention on the last N blocks (0: none)", minimum=0),
+       doc="exclusive self-attention on the last N blocks (0: none)", minimum=0, smoke=1),
     HP("rope_dims", "ROPE_DIMS", "model.rope_dims", int, 0, feature="partial_rope",
-       doc="head dims RoPE rotates (0: all); even, at most head_dim", minimum=0),
+       doc="head dims RoPE rotates (0: all); even, at most head_dim", minimum=0, smoke=8),
     HP("ln_scale", "LN_SCALE", "model.ln_scale", bool, False, feature="ln_scale",
        doc="scale the normed block inputs by 1/sqrt(layer+1)"),
     HP("smear_gate", "SMEAR_GATE", "model.smear_gate", bool, False, feature="smear_gate",
        doc="SmearGate: mix each token's embedding with the previous token's"),
     HP("bigram_buckets", "BIGRAM_VOCAB_SIZE", "model.bigram_buckets", int, 0, feature="bigram_hash",
-       doc="BigramHash table rows, the last reserved for position 0 (0: off)", minimum=0),
+       doc="BigramHash table rows, the last reserved for position 0 (0: off)", minimum=0, smoke=512),
     HP("bigram_dim", "BIGRAM_DIM", "model.bigram_dim", int, 128, feature="bigram_hash",
-       doc="BigramHash embedding width, projected to model_dim", minimum=1),
+       doc="BigramHash embedding width, projected to model_dim", minimum=1, smoke=32),
     HP("ve_dim", "VE_DIM", "model.ve_dim", int, 128, feature="value_embed",
-       doc="shared value-embedding width, projected to the KV width", minimum=1),
+       doc="shared value-embedding width, projected to the KV width", minimum=1, smoke=32),
     HP("ve_layers", "VE_LAYERS", "model.ve_layers", str, "", feature="value_embed",
-       doc='comma-separated blocks whose values get the shared value embedding, e.g. "9,10" ("": off)'),
+       doc='comma-separated blocks whose values get the shared value embedding, e.g. "9,10" ("": off)', smoke='1'),
     HP("unet_skips", "UNET_SKIPS", "model.unet_skips", bool, True, feature="no_unet",
        doc="U-Net skips from the first half of the blocks to the second"),
     HP("ortho_init", "ORTHO_INIT", "model.ortho_init", bool, False, feature="ortho_init",
@@ -193,12 +193,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         dim, heads, kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
         if dim % heads:
-            raise ValueError(f"model_dim={dim} must be divisible by num_heads={heads}")
+            raise ValueError(f"MODEL_DIM={dim} must be divisible by NUM_HEADS={heads}")
         if heads % kv_heads:
-            raise ValueError(f"num_heads={heads} must be divisible by num_kv_heads={kv_heads}")
+            raise ValueError(f"NUM_HEADS={heads} must be divisible by NUM_KV_HEADS={kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (model_dim/num_heads) must be even for RoPE")
+            raise ValueError(f"MODEL_DIM / NUM_HEADS = {self.head_dim} (the head dimension) must be even for RoPE")
         kv_dim = kv_heads * self.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
@@ -210,7 +210,8 @@ class CausalSelfAttention(nn.Module):
         if feature("partial_rope"):
             if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
                 if args.rope_dims % 2 or args.rope_dims > self.head_dim:
-                    raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
+                    raise ValueError(f"ROPE_DIMS={args.rope_dims} must be even and at most the head dimension "
+                                     f"{self.head_dim}")
                 self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         if feature("rope_train_len"):
             self.rotary.train_seq_len, self.rotary.yarn = args.rope_train_seq_len, args.rope_yarn
@@ -260,7 +261,7 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
     if feature("swiglu"):
         if name == "swiglu":  # the gate's nonlinearity; MLP multiplies it by the up projection
             return F.silu(h)
-    raise ValueError(f"unknown activation {name!r}")
+    raise ValueError(f"ACTIVATION={name!r} is not built into this script")
 
 
 class MLP(nn.Module):
@@ -356,7 +357,7 @@ class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
         if args.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {args.logit_softcap}")
+            raise ValueError(f"LOGIT_SOFTCAP={args.logit_softcap} must be positive")
         mlp_activation(args.activation, torch.zeros(1))  # unknown names fail here, not mid-run
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
@@ -393,7 +394,8 @@ class GPT(nn.Module):
         if feature("value_embed"):
             self.ve_layers = [int(i) for i in args.ve_layers.split(",") if i.strip()]
             if len(set(self.ve_layers)) < len(self.ve_layers) or not set(self.ve_layers) <= set(range(args.num_layers)):
-                raise ValueError(f"ve_layers={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1}")
+                raise ValueError(f"VE_LAYERS={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1} "
+                                 f"(NUM_LAYERS={args.num_layers})")
             kv = args.num_kv_heads * args.model_dim // args.num_heads
             self.ve_shared = ScaledEmbedding(args.vocab_size, args.ve_dim, kv, 0.01, 0.1) if self.ve_layers else None
             self.ve_layer_scales = nn.ParameterList([nn.Parameter(torch.ones(1)) for _ in self.ve_layers])

@@ -33,6 +33,15 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
     return distributed, rank, world_size, local_rank, device
 
 
+def exit_with_error(exc: Exception) -> None:
+    """A setting or input file that cannot work: one line from rank 0 (every rank finds it), exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
 def autocast_ctx(device: torch.device):
     """bf16 autocast on CUDA; plain float32 on CPU (exact, and fast enough for tests)."""
     if device.type == "cuda":

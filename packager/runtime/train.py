@@ -31,9 +31,10 @@ from packager.runtime.model import GPT, CastedLinear, attention_backend_name, re
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at, train_fraction
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
-from packager.runtime.ttt import eval_ttt
+from packager.runtime.ttt import check_lora_args, eval_ttt
+from packager.runtime.evaluate import eval_window
 from packager.runtime.system import (
-    Logger, all_reduce_, autocast_ctx, device_description, free_log_path, maybe_compile,
+    Logger, all_reduce_, autocast_ctx, device_description, exit_with_error, free_log_path, maybe_compile,
     python_version, setup_distributed, sync,
 )
 
@@ -68,6 +69,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
+    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+    span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
+    if args.train_batch_tokens % span:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
+    if args.val_batch_size < span:
+        raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
+    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
+    for pattern in shards:
+        if not glob.glob(pattern):
+            raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
+    if not Path(args.tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file")
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
+    return shards[0], shards[1], sp
 
 
 def build_model(args, device: torch.device) -> GPT:
@@ -238,11 +258,23 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
-    check_export_args(args)
+    try:
+        # Settings and input files are checked before anything is written or trained: a mistake ends
+        # the run with one line naming the variable instead of a traceback from every rank.
+        check_export_args(args)
+        if feature("sliding"):
+            eval_window(args)
+        if feature("ttt_lora"):
+            check_lora_args(args)
+        train_files, val_files, sp = open_data(args)
+        val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+        distributed, rank, world_size, local_rank, device = setup_distributed()
+        seed_everything(args.seed)
+        base_model = build_model(args, device)
+    except (ValueError, OSError) as exc:
+        exit_with_error(exc)
     script = Path(__file__).resolve()
     code = script.read_bytes()
-    distributed, rank, world_size, local_rank, device = setup_distributed()
     master = rank == 0
     grad_accum_steps = 8 // world_size
     out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
@@ -256,20 +288,11 @@ def main() -> None:
     log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
-    seed_everything(args.seed)
-
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
-    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
-    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
-    base_model = build_model(args, device)
     if feature("qat"):
         # Bit widths are fixed before compiling; only the on/off gate changes later.
         log0(f"qat:layers:{configure_qat(args, base_model)} mlp:{args.qat_bits_mlp} attn:{args.qat_bits_attn}")

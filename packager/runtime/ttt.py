@@ -20,7 +20,7 @@ from torch import Tensor
 
 from packager.runtime.bpb import count_bytes, finish_scores
 from packager.runtime.data import BOS_ID
-from packager.runtime.evaluate import eval_windows, rank_share, score_windows
+from packager.runtime.evaluate import eval_window, eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 from packager.runtime.system import all_reduce_, autocast_ctx
@@ -46,17 +46,17 @@ HPARAMS = (
        doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head"),
     HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_lora", doc="Adam LR of the adapters"),
     HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_lora",
-       doc="tokens scored per LoRA step", minimum=1),
+       doc="tokens scored per LoRA step", minimum=1, smoke=64),
     HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_lora",
-       doc="documents adapted side by side, each with its own adapters", minimum=1),
+       doc="documents adapted side by side, each with its own adapters", minimum=1, smoke=16),
     HP("ttt_chunk_tokens", "TTT_CHUNK_TOKENS", "ttt.chunk_tokens", int, 32768, feature="ttt_score_first",
-       doc="tokens scored before each round of TTT updates", minimum=1),
+       doc="tokens scored before each round of TTT updates", minimum=1, smoke=4096),
     HP("ttt_batch_seqs", "TTT_BATCH_SEQS", "ttt.batch_seqs", int, 32, feature="ttt_full",
        doc="sequences per rank per TTT step (and windows per scoring pass)", minimum=1),
     HP("ttt_grad_clip", "TTT_GRAD_CLIP", "ttt.grad_clip", float, 0.0, feature="ttt_full",
        doc="gradient-norm clip of TTT steps (0: none)", minimum=0.0),
     HP("ttt_epochs", "TTT_EPOCHS", "ttt.epochs", int, 0, feature="ttt_sgd",
-       doc="SGD passes per chunk (pre_eval: over the whole split)", minimum=0),
+       doc="SGD passes per chunk (pre_eval: over the whole split)", minimum=0, smoke=1),
     HP("ttt_lr", "TTT_LR", "ttt.lr", float, 0.002, feature="ttt_sgd", doc="SGD LR"),
     HP("ttt_momentum", "TTT_MOMENTUM", "ttt.momentum", float, 0.9, feature="ttt_sgd", doc="SGD momentum"),
     HP("ttt_cosine", "TTT_COSINE", "ttt.cosine", bool, False, feature="ttt_full",
@@ -64,14 +64,14 @@ HPARAMS = (
     HP("ttt_freeze_blocks", "TTT_FREEZE_BLOCKS", "ttt.freeze_blocks", int, 0, feature="ttt_sgd",
        doc="first blocks left untrained", minimum=0),
     HP("ttt_phase1_epochs", "TTT_PHASE1_EPOCHS", "ttt.phase1_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 1 (gains/scales/mixes, Adam) passes per chunk", minimum=0),
+       doc="phase 1 (gains/scales/mixes, Adam) passes per chunk", minimum=0, smoke=1),
     HP("ttt_phase1_lr", "TTT_PHASE1_LR", "ttt.phase1_lr", float, 0.01, feature="ttt_two_phase"),
     HP("ttt_phase2_epochs", "TTT_PHASE2_EPOCHS", "ttt.phase2_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 2 (last blocks + scalars + head, SGD) passes per chunk", minimum=0),
+       doc="phase 2 (last blocks + scalars + head, SGD) passes per chunk", minimum=0, smoke=1),
     HP("ttt_phase2_lr", "TTT_PHASE2_LR", "ttt.phase2_lr", float, 0.003, feature="ttt_two_phase"),
     HP("ttt_phase2_momentum", "TTT_PHASE2_MOMENTUM", "ttt.phase2_momentum", float, 0.95, feature="ttt_two_phase"),
     HP("ttt_phase2_last_k", "TTT_PHASE2_LAST_K", "ttt.phase2_last_k", int, 2, feature="ttt_two_phase",
-       doc="blocks (from the top) trained in phase 2", minimum=0),
+       doc="blocks (from the top) trained in phase 2", minimum=0, smoke=1),
     HP("ttt_allow_illegal", "TTT_ALLOW_ILLEGAL", "ttt.allow_illegal_ttt", bool, False, feature="ttt_pre_eval",
        doc="acknowledge that pre_eval TTT trains on unscored validation tokens (non-record only)"),
 )
@@ -97,8 +97,8 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
-    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None) -> int:
+    """Steps over the rows of targets [lo, hi), each on the mean gradient of all ranks' rows; returns the steps."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -119,19 +119,22 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         opt.step()
         if ledger is not None:
             ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
+    return len(range(0, (hi - lo) // seq_len, step_rows))
 
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
-    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk):
+    """Per chunk: score the windows starting in it, then train on it unless it is the last (train_chunk: steps)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
     for w in eval_windows(args, total):
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
+    steps = 0
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
         score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
         if ci < len(groups) - 1:
-            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+            steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+    log0(f"ttt:{args.ttt_mode} chunks:{len(groups)} trained_chunks:{max(len(groups) - 1, 0)} steps:{steps}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
@@ -154,9 +157,9 @@ def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, lo
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
-        for _ in range(args.ttt_epochs):
-            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+        return sum(ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+                   for _ in range(args.ttt_epochs))
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
 def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
@@ -185,11 +188,13 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
         # and, with ttt_cosine, an LR cosine over the phase's epochs.
         adam = torch.optim.Adam(phase1, lr=args.ttt_phase1_lr)
         sgd = torch.optim.SGD(phase2, lr=args.ttt_phase2_lr, momentum=args.ttt_phase2_momentum)
+        steps = 0
         for params, opt, epochs in ((phase1, adam, args.ttt_phase1_epochs), (phase2, sgd, args.ttt_phase2_epochs)):
             for ep in range(epochs):
                 opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
-                ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+                steps += ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+        return steps
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
 def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
@@ -202,10 +207,11 @@ def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, l
     if ledger is not None:
         ledger.begin("ttt_pre_eval")
     params, opt = sgd_setup(args, model)
-    total = val_tokens.numel() - 1
+    total, steps = val_tokens.numel() - 1, 0
     for ep in range(args.ttt_epochs):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
-        ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
+        steps += ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
+    log0(f"ttt:pre_eval epochs:{args.ttt_epochs} steps:{steps}")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     score_windows(model, rank_share(eval_windows(args, total), rank, world_size), val_tokens, luts, device,
                   sums, args.ttt_batch_seqs, ledger)
@@ -227,18 +233,25 @@ class BatchedLoRA(nn.Module):
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
 
+def check_lora_args(args) -> None:
+    """Raise before training for LoRA TTT settings that would fail at the final evaluation."""
+    if set(args.ttt_lora_targets.replace(" ", "").split(",")) - set(LORA_LAYERS) - {"head"}:
+        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
+    if args.ttt_chunk_len > eval_window(args)[0]:  # a longer chunk would leave its first tokens unscored
+        raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {eval_window(args)[0]}")
+
+
 def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
+    check_lora_args(args)
     if ledger is not None:
         ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
-    if set(targets) - set(LORA_LAYERS) - {"head"}:
-        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
     # Documents start at a BOS and also predict the next one's BOS, so they tile all targets.
     total, size = val_tokens.numel() - 1, args.ttt_chunk_len
     cuts = sorted({0, total} | set((val_tokens[:total] == BOS_ID).nonzero().flatten().tolist()))
     docs = sorted(rank_share(list(zip(cuts[:-1], cuts[1:])), rank, world_size), key=lambda d: (d[1] - d[0] - 1) // size)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums, steps = torch.zeros(3, device=device, dtype=torch.float64), 0
     model.requires_grad_(False)
     model.eval()
     for d in range(0, len(docs), args.ttt_batch_docs):
@@ -252,24 +265,23 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        steps += lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
         for h in hooks:
             h.remove()
+    chunks = sum((hi - lo + size - 1) // size for lo, hi in docs)
+    counts = all_reduce_(torch.tensor([len(docs), chunks, steps], device=device))
+    log0(f"ttt:lora documents:{counts[0].item()} chunks:{counts[1].item()} steps:{counts[2].item()}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
-    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
+    """Per chunk: score it with the document's adapters, then one Adam step unless it is the document's last."""
     # Windows never reach back before their document's start.
-    size, seq_len = args.ttt_chunk_len, args.train_seq_len
-    if feature("eval_seq_len"):
-        seq_len = args.eval_seq_len or seq_len
-    if size > seq_len:
-        # A chunk longer than the scoring window would leave its first tokens unscored.
-        raise ValueError(f"TTT_CHUNK_LEN={size} must be at most the eval window {seq_len}")
+    size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
     n_chunks = [(hi - lo + size - 1) // size for lo, hi in batch]
     head = adapters["head0"] if "head0" in adapters else None
+    steps = 0
     for ci in range(max(n_chunks)):
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
@@ -304,7 +316,9 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
+            steps += 1
             if ledger is not None:
                 # A document's adapters only ever score its own targets (tokens lo+1..hi).
                 done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
                 ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
+    return steps

@@ -71,7 +71,8 @@ def logs_unparsed(a, emit):
             emit("nothing in this file looks like a training log", file=name, lines=s.lines)
             continue
         if s.final is None and a.runs:
-            emit("the log has no final score line (incomplete or exploratory run?)", file=name,
+            emit("incomplete run: the log has no final score line (the run failed or was cut off, or explored)",
+                 file=name,
                  steps=s.steps, seed=s.seed)
         problems = [p for p in s.problems if not p.startswith("prints several seeds")]
         if problems:

@@ -147,6 +147,14 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
         dist.barrier()
     return distributed, rank, world_size, local_rank, device
 
+def exit_with_error(exc: Exception) -> None:
+    """A setting or input file that cannot work: one line from rank 0 (every rank finds it), exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
 def autocast_ctx(device: torch.device):
     """bf16 autocast on CUDA; plain float32 on CPU (exact, and fast enough for tests)."""
     if device.type == "cuda":
@@ -459,12 +467,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         dim, heads, kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
         if dim % heads:
-            raise ValueError(f"model_dim={dim} must be divisible by num_heads={heads}")
+            raise ValueError(f"MODEL_DIM={dim} must be divisible by NUM_HEADS={heads}")
         if heads % kv_heads:
-            raise ValueError(f"num_heads={heads} must be divisible by num_kv_heads={kv_heads}")
+            raise ValueError(f"NUM_HEADS={heads} must be divisible by NUM_KV_HEADS={kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (model_dim/num_heads) must be even for RoPE")
+            raise ValueError(f"MODEL_DIM / NUM_HEADS = {self.head_dim} (the head dimension) must be even for RoPE")
         kv_dim = kv_heads * self.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
@@ -475,7 +483,8 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, base=args.rope_base)
         if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
             if args.rope_dims % 2 or args.rope_dims > self.head_dim:
-                raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
+                raise ValueError(f"ROPE_DIMS={args.rope_dims} must be even and at most the head dimension "
+                                 f"{self.head_dim}")
             self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
 
@@ -501,7 +510,7 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
     """The MLP nonlinearity; add a branch here (and to the HP choices) for a new one."""
     if name == "relu2":
         return torch.relu(h).square()
-    raise ValueError(f"unknown activation {name!r}")
+    raise ValueError(f"ACTIVATION={name!r} is not built into this script")
 
 class MLP(nn.Module):
     def __init__(self, args):
@@ -572,7 +581,7 @@ class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
         if args.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {args.logit_softcap}")
+            raise ValueError(f"LOGIT_SOFTCAP={args.logit_softcap} must be positive")
         mlp_activation(args.activation, torch.zeros(1))  # unknown names fail here, not mid-run
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
@@ -588,7 +597,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
         self.ve_layers = [int(i) for i in args.ve_layers.split(",") if i.strip()]
         if len(set(self.ve_layers)) < len(self.ve_layers) or not set(self.ve_layers) <= set(range(args.num_layers)):
-            raise ValueError(f"ve_layers={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1}")
+            raise ValueError(f"VE_LAYERS={args.ve_layers!r} must name distinct blocks of 0..{args.num_layers - 1} "
+                             f"(NUM_LAYERS={args.num_layers})")
         kv = args.num_kv_heads * args.model_dim // args.num_heads
         self.ve_shared = ScaledEmbedding(args.vocab_size, args.ve_dim, kv, 0.01, 0.1) if self.ve_layers else None
         self.ve_layer_scales = nn.ParameterList([nn.Parameter(torch.ones(1)) for _ in self.ve_layers])
@@ -1002,6 +1012,24 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
+def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
+    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+    span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
+    if args.train_batch_tokens % span:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
+    if args.val_batch_size < span:
+        raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
+    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
+    for pattern in shards:
+        if not glob.glob(pattern):
+            raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
+    if not Path(args.tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file")
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
+    return shards[0], shards[1], sp
+
 def build_model(args, device: torch.device) -> GPT:
     model = GPT(args).to(device)
     if device.type == "cuda":
@@ -1140,11 +1168,20 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
-    check_export_args(args)
+    try:
+        # Settings and input files are checked before anything is written or trained: a mistake ends
+        # the run with one line naming the variable instead of a traceback from every rank.
+        check_export_args(args)
+        eval_window(args)
+        train_files, val_files, sp = open_data(args)
+        val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+        distributed, rank, world_size, local_rank, device = setup_distributed()
+        seed_everything(args.seed)
+        base_model = build_model(args, device)
+    except (ValueError, OSError) as exc:
+        exit_with_error(exc)
     script = Path(__file__).resolve()
     code = script.read_bytes()
-    distributed, rank, world_size, local_rank, device = setup_distributed()
     master = rank == 0
     grad_accum_steps = 8 // world_size
     out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
@@ -1158,20 +1195,11 @@ def main() -> None:
     log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
-    seed_everything(args.seed)
-
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
-    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
-    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
-    base_model = build_model(args, device)
     # Bit widths are fixed before compiling; only the on/off gate changes later.
     log0(f"qat:layers:{configure_qat(args, base_model)} mlp:{args.qat_bits_mlp} attn:{args.qat_bits_attn}")
     compiled = maybe_compile(base_model, device, dynamic=False, fullgraph=True)
@@ -1306,12 +1334,17 @@ class Ledger:
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
 
-def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
-    """[(start, first scored, end)]: scored spans tile [0, total) in order, end their windows and advance by stride."""
+def eval_window(args) -> tuple[int, int]:
+    """(window length, stride) of the final evaluations; ValueError naming EVAL_STRIDE when they cannot work."""
     seq_len = args.eval_seq_len or args.train_seq_len
     stride = args.sliding_stride or seq_len
     if not 0 < stride <= seq_len:
         raise ValueError(f"EVAL_STRIDE={stride} must be in 1..{seq_len} (the evaluation window length)")
+    return seq_len, stride
+
+def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
+    """[(start, first scored, end)]: scored spans tile [0, total) in order, end their windows and advance by stride."""
+    seq_len, stride = eval_window(args)
     ends = list(range(min(seq_len, total), total, stride)) + [total]
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
@@ -1399,8 +1432,8 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
         return ("legal_ttt", *eval_ttt_chunked(*run))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
-    """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None) -> int:
+    """Steps over the rows of targets [lo, hi), each on the mean gradient of all ranks' rows; returns the steps."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -1421,18 +1454,21 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         opt.step()
         if ledger is not None:
             ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
+    return len(range(0, (hi - lo) // seq_len, step_rows))
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
-    """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk):
+    """Per chunk: score the windows starting in it, then train on it unless it is the last (train_chunk: steps)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
     for w in eval_windows(args, total):
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
+    steps = 0
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
         score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
         if ci < len(groups) - 1:
-            train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+            steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
+    log0(f"ttt:{args.ttt_mode} chunks:{len(groups)} trained_chunks:{max(len(groups) - 1, 0)} steps:{steps}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
@@ -1452,9 +1488,9 @@ def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, lo
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
-        for _ in range(args.ttt_epochs):
-            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+        return sum(ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+                   for _ in range(args.ttt_epochs))
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 if __name__ == "__main__":
     main()

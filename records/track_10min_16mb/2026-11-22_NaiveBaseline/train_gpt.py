@@ -107,6 +107,14 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
         dist.barrier()
     return distributed, rank, world_size, local_rank, device
 
+def exit_with_error(exc: Exception) -> None:
+    """A setting or input file that cannot work: one line from rank 0 (every rank finds it), exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
 def autocast_ctx(device: torch.device):
     """bf16 autocast on CUDA; plain float32 on CPU (exact, and fast enough for tests)."""
     if device.type == "cuda":
@@ -413,12 +421,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         dim, heads, kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
         if dim % heads:
-            raise ValueError(f"model_dim={dim} must be divisible by num_heads={heads}")
+            raise ValueError(f"MODEL_DIM={dim} must be divisible by NUM_HEADS={heads}")
         if heads % kv_heads:
-            raise ValueError(f"num_heads={heads} must be divisible by num_kv_heads={kv_heads}")
+            raise ValueError(f"NUM_HEADS={heads} must be divisible by NUM_KV_HEADS={kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (model_dim/num_heads) must be even for RoPE")
+            raise ValueError(f"MODEL_DIM / NUM_HEADS = {self.head_dim} (the head dimension) must be even for RoPE")
         kv_dim = kv_heads * self.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
@@ -444,7 +452,7 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
     """The MLP nonlinearity; add a branch here (and to the HP choices) for a new one."""
     if name == "relu2":
         return torch.relu(h).square()
-    raise ValueError(f"unknown activation {name!r}")
+    raise ValueError(f"ACTIVATION={name!r} is not built into this script")
 
 class MLP(nn.Module):
     def __init__(self, args):
@@ -491,7 +499,7 @@ class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
         if args.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {args.logit_softcap}")
+            raise ValueError(f"LOGIT_SOFTCAP={args.logit_softcap} must be positive")
         mlp_activation(args.activation, torch.zeros(1))  # unknown names fail here, not mid-run
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
@@ -806,6 +814,24 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
+def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
+    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+    span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
+    if args.train_batch_tokens % span:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
+    if args.val_batch_size < span:
+        raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
+    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
+    for pattern in shards:
+        if not glob.glob(pattern):
+            raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
+    if not Path(args.tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file")
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
+    return shards[0], shards[1], sp
+
 def build_model(args, device: torch.device) -> GPT:
     model = GPT(args).to(device)
     if device.type == "cuda":
@@ -939,11 +965,19 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
-    check_export_args(args)
+    try:
+        # Settings and input files are checked before anything is written or trained: a mistake ends
+        # the run with one line naming the variable instead of a traceback from every rank.
+        check_export_args(args)
+        train_files, val_files, sp = open_data(args)
+        val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+        distributed, rank, world_size, local_rank, device = setup_distributed()
+        seed_everything(args.seed)
+        base_model = build_model(args, device)
+    except (ValueError, OSError) as exc:
+        exit_with_error(exc)
     script = Path(__file__).resolve()
     code = script.read_bytes()
-    distributed, rank, world_size, local_rank, device = setup_distributed()
     master = rank == 0
     grad_accum_steps = 8 // world_size
     out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
@@ -957,20 +991,11 @@ def main() -> None:
     log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
-    seed_everything(args.seed)
-
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
-    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
-    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
-    base_model = build_model(args, device)
     compiled = maybe_compile(base_model, device, dynamic=False, fullgraph=True)
     model = wrap_ddp(compiled, device, local_rank) if distributed else compiled
     optimizers, muon = build_optimizers(args, base_model)

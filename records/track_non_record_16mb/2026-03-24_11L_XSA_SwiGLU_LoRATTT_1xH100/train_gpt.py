@@ -126,6 +126,14 @@ def setup_distributed() -> tuple[bool, int, int, int, torch.device]:
         dist.barrier()
     return distributed, rank, world_size, local_rank, device
 
+def exit_with_error(exc: Exception) -> None:
+    """A setting or input file that cannot work: one line from rank 0 (every rank finds it), exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
 def autocast_ctx(device: torch.device):
     """bf16 autocast on CUDA; plain float32 on CPU (exact, and fast enough for tests)."""
     if device.type == "cuda":
@@ -433,12 +441,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         dim, heads, kv_heads = args.model_dim, args.num_heads, args.num_kv_heads
         if dim % heads:
-            raise ValueError(f"model_dim={dim} must be divisible by num_heads={heads}")
+            raise ValueError(f"MODEL_DIM={dim} must be divisible by NUM_HEADS={heads}")
         if heads % kv_heads:
-            raise ValueError(f"num_heads={heads} must be divisible by num_kv_heads={kv_heads}")
+            raise ValueError(f"NUM_HEADS={heads} must be divisible by NUM_KV_HEADS={kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = heads, kv_heads, dim // heads
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} (model_dim/num_heads) must be even for RoPE")
+            raise ValueError(f"MODEL_DIM / NUM_HEADS = {self.head_dim} (the head dimension) must be even for RoPE")
         kv_dim = kv_heads * self.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
@@ -471,7 +479,7 @@ def mlp_activation(name: str, h: Tensor) -> Tensor:
         return torch.relu(h).square()
     if name == "swiglu":  # the gate's nonlinearity; MLP multiplies it by the up projection
         return F.silu(h)
-    raise ValueError(f"unknown activation {name!r}")
+    raise ValueError(f"ACTIVATION={name!r} is not built into this script")
 
 class MLP(nn.Module):
     def __init__(self, args):
@@ -525,7 +533,7 @@ class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
         if args.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {args.logit_softcap}")
+            raise ValueError(f"LOGIT_SOFTCAP={args.logit_softcap} must be positive")
         mlp_activation(args.activation, torch.zeros(1))  # unknown names fail here, not mid-run
         self.tie_embeddings = args.tie_embeddings
         self.logit_softcap = args.logit_softcap
@@ -919,6 +927,24 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
+def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
+    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+    span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
+    if args.train_batch_tokens % span:
+        raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
+    if args.val_batch_size < span:
+        raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
+    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
+    for pattern in shards:
+        if not glob.glob(pattern):
+            raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
+    if not Path(args.tokenizer_path).is_file():
+        raise FileNotFoundError(f"TOKENIZER_PATH={args.tokenizer_path}: no such file")
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    if int(sp.vocab_size()) != args.vocab_size:
+        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
+    return shards[0], shards[1], sp
+
 def build_model(args, device: torch.device) -> GPT:
     model = GPT(args).to(device)
     if device.type == "cuda":
@@ -1052,11 +1078,20 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
-    check_export_args(args)
+    try:
+        # Settings and input files are checked before anything is written or trained: a mistake ends
+        # the run with one line naming the variable instead of a traceback from every rank.
+        check_export_args(args)
+        check_lora_args(args)
+        train_files, val_files, sp = open_data(args)
+        val_tokens = load_validation_tokens(val_files, args.train_seq_len)
+        distributed, rank, world_size, local_rank, device = setup_distributed()
+        seed_everything(args.seed)
+        base_model = build_model(args, device)
+    except (ValueError, OSError) as exc:
+        exit_with_error(exc)
     script = Path(__file__).resolve()
     code = script.read_bytes()
-    distributed, rank, world_size, local_rank, device = setup_distributed()
     master = rank == 0
     grad_accum_steps = 8 // world_size
     out_dir = Path(os.environ.get("LOG_DIR", str(script.parent)))
@@ -1070,20 +1105,11 @@ def main() -> None:
     log0(f"Running Python {python_version()} PyTorch {torch.__version__} device:{device_description(device, world_size)}")
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
-    seed_everything(args.seed)
-
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
-    if int(sp.vocab_size()) != args.vocab_size:
-        raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match tokenizer vocab_size={int(sp.vocab_size())}")
-    train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
-    val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
-    val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
 
-    base_model = build_model(args, device)
     compiled = maybe_compile(base_model, device, dynamic=False, fullgraph=True)
     model = wrap_ddp(compiled, device, local_rank) if distributed else compiled
     optimizers, muon = build_optimizers(args, base_model)
@@ -1211,6 +1237,14 @@ class Ledger:
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
 
+def eval_window(args) -> tuple[int, int]:
+    """(window length, stride) of the final evaluations; ValueError naming EVAL_STRIDE when they cannot work."""
+    seq_len = args.train_seq_len
+    stride = seq_len
+    if not 0 < stride <= seq_len:
+        raise ValueError(f"EVAL_STRIDE={stride} must be in 1..{seq_len} (the evaluation window length)")
+    return seq_len, stride
+
 
 # ---- Test-time training (TTT) at final evaluation ----------------------------------------------
 
@@ -1236,18 +1270,24 @@ class BatchedLoRA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
+def check_lora_args(args) -> None:
+    """Raise before training for LoRA TTT settings that would fail at the final evaluation."""
+    if set(args.ttt_lora_targets.replace(" ", "").split(",")) - set(LORA_LAYERS) - {"head"}:
+        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
+    if args.ttt_chunk_len > eval_window(args)[0]:  # a longer chunk would leave its first tokens unscored
+        raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {eval_window(args)[0]}")
+
 def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
+    check_lora_args(args)
     if ledger is not None:
         ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
-    if set(targets) - set(LORA_LAYERS) - {"head"}:
-        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
     # Documents start at a BOS and also predict the next one's BOS, so they tile all targets.
     total, size = val_tokens.numel() - 1, args.ttt_chunk_len
     cuts = sorted({0, total} | set((val_tokens[:total] == BOS_ID).nonzero().flatten().tolist()))
     docs = sorted(rank_share(list(zip(cuts[:-1], cuts[1:])), rank, world_size), key=lambda d: (d[1] - d[0] - 1) // size)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums, steps = torch.zeros(3, device=device, dtype=torch.float64), 0
     model.requires_grad_(False)
     model.eval()
     for d in range(0, len(docs), args.ttt_batch_docs):
@@ -1261,21 +1301,22 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        steps += lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
         for h in hooks:
             h.remove()
+    chunks = sum((hi - lo + size - 1) // size for lo, hi in docs)
+    counts = all_reduce_(torch.tensor([len(docs), chunks, steps], device=device))
+    log0(f"ttt:lora documents:{counts[0].item()} chunks:{counts[1].item()} steps:{counts[2].item()}")
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
-    """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
+    """Per chunk: score it with the document's adapters, then one Adam step unless it is the document's last."""
     # Windows never reach back before their document's start.
-    size, seq_len = args.ttt_chunk_len, args.train_seq_len
-    if size > seq_len:
-        # A chunk longer than the scoring window would leave its first tokens unscored.
-        raise ValueError(f"TTT_CHUNK_LEN={size} must be at most the eval window {seq_len}")
+    size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
     n_chunks = [(hi - lo + size - 1) // size for lo, hi in batch]
     head = adapters["head0"] if "head0" in adapters else None
+    steps = 0
     for ci in range(max(n_chunks)):
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
@@ -1310,10 +1351,12 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
+            steps += 1
             if ledger is not None:
                 # A document's adapters only ever score its own targets (tokens lo+1..hi).
                 done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
                 ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
+    return steps
 
 if __name__ == "__main__":
     main()
