@@ -1,0 +1,1019 @@
+"""Where validation data goes in a training script, read from its syntax tree in one pass.
+
+The model is a small taint analysis. Validation data enters a script through a source: a string
+that names the validation shards (`fineweb_val_*.bin`), an attribute that such a value is stored
+in (`h.val_files`, `val_data.val_tokens`), or, as a fallback, a parameter named like validation
+data (`val_tokens`). From there it is followed through assignments, slices, method calls,
+containers, function parameters and return values, and attributes, through any number of helper
+levels. Sizes are not data: `len(x)`, `x.numel()`, `torch.zeros(n)` and the like carry no taint,
+so a loop bound derived from the validation length does not taint what the loop computes.
+Variables are tracked per definition (the definitions that reach each use, loops and branches
+included), so `x, y` reused in `main` for training batches and for validation windows stay apart.
+
+One traversal of the tree records, per function, a compact form of every definition, call,
+`backward()`, accumulation (`loss_sum += ...`) and its position (the chain of enclosing blocks);
+the fixed points below run on those records, never on the tree again:
+
+1. summaries: which parameters (or validation sources) each definition and each function's return
+   value depend on, and which attributes ever hold validation data;
+2. contexts: which parameters of each function receive validation data at some call site;
+3. effects: which functions score validation data (accumulate a loss under `no_grad` /
+   `inference_mode`) or train on it (`backward()`), through any number of call levels.
+
+`Program.val_training()` then lists every `backward()` on validation data with whether a scoring
+of validation data precedes it in the same loop iteration (score-first, at any call level) and
+what it looks like (pre-eval TTT, SLOT, compile warm-up). Nothing in the script is executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from verifier.pysource import parse
+
+__all__ = ["Program", "Func", "CallSite", "Site", "TrainSite", "analyse", "analyse_source", "V", "VAL_NAME"]
+
+V = 1  # label bit: validation data; higher bits stand for function parameters
+VAL_FILES = re.compile(r"fineweb_val|_val_\*|val_\*\.bin|val[\w-]*\*?\.bin\b")
+VAL_NAME = re.compile(r"^(?:val|valid|validation)(?:_(?:tokens?|data|ids|stream|set|toks|np|seq|loader|files|bytes)"
+                      r"|$)|^(?:x|y|all)_val$")
+SHAPE_ONLY = frozenset({
+    "len", "numel", "nelement", "size", "dim", "ndimension", "range", "zeros", "ones", "empty", "full",
+    "zeros_like", "ones_like", "empty_like", "full_like", "arange", "linspace", "rand", "randn", "randint",
+    "randperm", "rand_like", "randn_like", "randint_like", "isinstance", "hasattr", "type", "id",
+    "perf_counter", "synchronize", "barrier", "is_available", "is_initialized", "get_rank", "get_world_size",
+    "manual_seed", "bool", "repr",
+})
+LOGGING = frozenset({"print", "print0", "log", "log0", "log_fn", "logger"})  # bare-name calls only
+SHAPE_ATTRS = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"})
+MUTATORS = frozenset({"append", "extend", "insert", "update", "add", "setdefault", "put", "appendleft", "copy_",
+                      "fill_", "index_copy_", "index_put_", "scatter_", "masked_scatter_", "set_", "push"})
+NOGRAD = frozenset({"no_grad", "inference_mode"})
+LOOPS = (ast.For, ast.AsyncFor, ast.While)
+SCORE_NAME = re.compile(r"score|eval", re.I)
+OPTIMIZERS = frozenset({"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "LBFGS", "Muon",
+                        "Lion", "Adafactor"})
+
+
+class Def:
+    """One definition of a variable: what its value is made of, and (after the fixed point) its labels."""
+
+    __slots__ = ("dep", "labels", "line", "name", "src")
+
+    def __init__(self, name: str, dep, line: int, labels: int = 0, src=None):
+        self.name, self.dep, self.line, self.labels, self.src = name, dep, line, labels, src
+
+
+class Use:
+    """A read of a variable: the definitions that reach it (filled in during and after the pass)."""
+
+    __slots__ = ("name", "defs", "scopes")
+
+    def __init__(self, name: str, defs: tuple, scopes=None):
+        self.name, self.defs, self.scopes = name, defs, scopes
+
+
+class Dep:
+    """What an expression's value is made of: constant labels, variable uses, attributes, calls."""
+
+    __slots__ = ("const", "uses", "attrs", "calls")
+
+    def __init__(self, const=0, uses=(), attrs=(), calls=()):
+        self.const, self.uses, self.attrs, self.calls = const, uses, attrs, calls
+
+
+EMPTY = Dep()
+
+
+def _merge(deps) -> Dep:
+    deps = [d for d in deps if d is not EMPTY]
+    if not deps:
+        return EMPTY
+    if len(deps) == 1:
+        return deps[0]
+    const, uses, attrs, calls = 0, [], [], []
+    for d in deps:
+        const |= d.const
+        uses.extend(d.uses)
+        attrs.extend(d.attrs)
+        calls.extend(d.calls)
+    return Dep(const, tuple(uses), tuple(set(attrs)), tuple(calls))
+
+
+@dataclass(eq=False)
+class Site:
+    """A backward(), an accumulation or another node of interest, with where it stands."""
+
+    func: "Func"
+    node: ast.AST
+    dep: Dep
+    chain: tuple  # ((owner node, block list, index), ...) from the function body inwards
+    nograd: bool
+    line: int
+
+
+@dataclass(eq=False)
+class CallSite:
+    func: "Func"
+    node: ast.Call
+    name: str
+    method: bool  # called as obj.name(...)
+    recv: Dep | None
+    args: list
+    kwargs: dict
+    chain: tuple
+    nograd: bool
+    line: int
+    targets: list = field(default_factory=list)  # functions it may reach (resolved after the pass)
+    implicit_from: "CallSite | None" = None  # timed_eval(label, fn, *args): the call of fn
+
+
+@dataclass(eq=False)
+class Func:
+    name: str
+    node: ast.AST | None
+    cls: str | None
+    parent: "Func | None" = None
+    root: "Func | None" = None  # the outermost enclosing function (shares the parameter-bit space)
+    params: list = field(default_factory=list)  # [(name, bit)]
+    vararg_bit: int = 0
+    kwarg_bit: int = 0
+    next_bit: int = 1
+    all_defs: dict = field(default_factory=dict)  # name -> [Def]
+    attr_stores: list = field(default_factory=list)  # [(attr, Dep)]
+    returns: list = field(default_factory=list)
+    calls: list = field(default_factory=list)
+    backwards: list = field(default_factory=list)
+    accums: list = field(default_factory=list)
+    leaves: set = field(default_factory=set)  # names bound to fresh requires_grad tensors / nn.Parameter
+    optimizers: list = field(default_factory=list)  # CallSites constructing an optimizer
+    blends: list = field(default_factory=list)  # Sites of `(1 - a) * x + a * y`
+    xors: list = field(default_factory=list)  # BinOp BitXor / bitwise_xor nodes
+    ratios: list = field(default_factory=list)  # Sites of `table[k] / table2[k2]`
+    idents: set = field(default_factory=set)
+    globals_: set = field(default_factory=set)
+    decorated_nograd: bool = False
+    ret: int = 0
+    callers: list = field(default_factory=list)
+    acc_ng: int = 0
+    acc_any: int = 0
+    train: int = 0
+    val_in: int = 0  # on roots: parameter bits that receive validation data
+    scoring_stmts: set | None = None
+    line: int = 0
+
+    @property
+    def own_bits(self) -> int:
+        bits = self.vararg_bit | self.kwarg_bit
+        for _, b in self.params:
+            bits |= b
+        return bits
+
+    def def_lines(self, name: str) -> list[int]:
+        return [d.line for d in self.all_defs.get(name, ())]
+
+
+@dataclass
+class TrainSite:
+    """A backward() on validation data and how the verifier reads it."""
+
+    func: Func
+    line: int
+    kind: str  # "pre-eval" | "slot" | "warmup"
+    scored_first: bool | None  # None: never reached with validation data
+    epochs: bool
+    causal_hint: bool  # SLOT: the optimised loss reads only context (already scored) positions
+    gates: list
+    path: list  # function names from the site up to where it was decided
+
+
+def _name_of(node) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def _with_grad_mode(items, current: bool) -> bool:
+    for item in items:
+        expr = item.context_expr
+        func = expr.func if isinstance(expr, ast.Call) else expr
+        name = _name_of(func)
+        if name in NOGRAD:
+            current = True
+        elif name == "enable_grad":
+            current = False
+        elif name == "set_grad_enabled" and isinstance(expr, ast.Call) and expr.args:
+            if isinstance(expr.args[0], ast.Constant):
+                current = not bool(expr.args[0].value)
+    return current
+
+
+def _decorated_nograd(node) -> bool:
+    for dec in getattr(node, "decorator_list", ()):
+        func = dec.func if isinstance(dec, ast.Call) else dec
+        if _name_of(func) in NOGRAD:
+            return True
+    return False
+
+
+def _one_minus(node) -> bool:
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and isinstance(node.left, ast.Constant)
+            and node.left.value in (1, 1.0))
+
+
+def _is_blend(node: ast.BinOp) -> bool:
+    """`(1 - a) * x + a * y` in either order."""
+    sides = (node.left, node.right)
+    if not all(isinstance(s, ast.BinOp) and isinstance(s.op, ast.Mult) for s in sides):
+        return False
+    return any(_one_minus(s.left) or _one_minus(s.right) for s in sides)
+
+
+def _is_true(node, consts: dict) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value is True
+    return isinstance(node, ast.Name) and consts.get(node.id, None) is True
+
+
+def _is_leaf(value, consts: dict) -> bool:
+    """A fresh tensor optimised directly: torch.zeros(..., requires_grad=True), nn.Parameter(...)."""
+    if not isinstance(value, ast.Call):
+        return False
+    name = _name_of(value.func)
+    if name == "Parameter":
+        return True
+    if name == "requires_grad_" and isinstance(value.func, ast.Attribute):
+        return isinstance(value.func.value, ast.Call)
+    return any(kw.arg == "requires_grad" and _is_true(kw.value, consts) for kw in value.keywords)
+
+
+def _join(a: dict, b: dict) -> dict:
+    if a is b:
+        return dict(a)
+    out = dict(a)
+    for k, v in b.items():
+        old = out.get(k)
+        if old is None:
+            out[k] = v
+        elif old is not v and old != v:
+            out[k] = tuple(set(old) | set(v))
+    return out
+
+
+class _Builder:
+    """The single traversal of the tree."""
+
+    def __init__(self, prog: "Program"):
+        self.prog = prog
+        self.free_uses: list[Use] = []
+
+    # -- functions ------------------------------------------------------------------------------
+    def new_func(self, node, name: str, cls: str | None, parent: Func | None) -> Func:
+        f = Func(name=name, node=node, cls=cls, parent=parent, line=getattr(node, "lineno", 0))
+        if parent is not None and not isinstance(parent.node, (ast.ClassDef, ast.Module)):
+            f.root = parent.root or parent
+        owner = f.root or f
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            for arg in list(getattr(a, "posonlyargs", [])) + list(a.args) + list(a.kwonlyargs):
+                owner.next_bit += 1
+                f.params.append((arg.arg, 1 << owner.next_bit))
+            if a.vararg:
+                owner.next_bit += 1
+                f.vararg_bit = 1 << owner.next_bit
+            if a.kwarg:
+                owner.next_bit += 1
+                f.kwarg_bit = 1 << owner.next_bit
+            f.decorated_nograd = _decorated_nograd(node)
+        self.prog.funcs.append(f)
+        self.prog.by_name.setdefault(name, []).append(f)
+        return f
+
+    def entry_state(self, f: Func) -> dict:
+        state = {}
+        node = f.node
+        for name, bit in f.params:
+            state[name] = (self.define(f, name, EMPTY, f.line, bit),)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            if node.args.vararg:
+                state[node.args.vararg.arg] = (self.define(f, node.args.vararg.arg, EMPTY, f.line, f.vararg_bit),)
+            if node.args.kwarg:
+                state[node.args.kwarg.arg] = (self.define(f, node.args.kwarg.arg, EMPTY, f.line, f.kwarg_bit),)
+        return state
+
+    def module(self, tree: ast.Module) -> None:
+        for st in tree.body:  # minified aliases: _A=None;_B=True;_C=False
+            if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name)
+                    and isinstance(st.value, ast.Constant)):
+                self.prog.consts[st.targets[0].id] = st.value.value
+        mod = self.new_func(tree, "<module>", None, None)
+        self.prog.module = mod
+        self.run(tree.body, mod, tree)
+        for use in self.free_uses:
+            for scope in use.scopes:
+                defs = scope.all_defs.get(use.name)
+                if defs:
+                    use.defs = tuple(defs)
+                    break
+
+    def run(self, body: list, f: Func, owner) -> None:
+        ctx = _Ctx(f, self.entry_state(f))
+        self.block(body, ctx, (), f.decorated_nograd, owner)
+
+    def define(self, f: Func, name: str, dep: Dep, line: int, labels: int = 0, src=None) -> Def:
+        d = Def(name, dep, line, labels, src)
+        target = self.prog.module if name in f.globals_ and self.prog.module is not None else f
+        target.all_defs.setdefault(name, []).append(d)
+        self.prog.defs.append(d)
+        return d
+
+    # -- statements -----------------------------------------------------------------------------
+    def block(self, stmts: list, ctx: "_Ctx", chain: tuple, nograd: bool, owner) -> None:
+        for i, st in enumerate(stmts):
+            self.stmt(st, ctx, chain + ((owner, stmts, i),), nograd)
+
+    def stmt(self, st, ctx: "_Ctx", chain: tuple, nograd: bool) -> None:
+        t = type(st)
+        f = ctx.f
+        if t is ast.Assign:
+            dep = self.expr(st.value, ctx, chain, nograd)
+            for target in st.targets:
+                self.target(target, dep, ctx, chain, nograd, st)
+        elif t is ast.Expr:
+            self.expr(st.value, ctx, chain, nograd)
+        elif t is ast.AugAssign:
+            dep = self.expr(st.value, ctx, chain, nograd)
+            old = self.expr(st.target, ctx, chain, nograd)
+            self.target(st.target, _merge([dep, old]), ctx, chain, nograd, st)
+            if isinstance(st.op, (ast.Add, ast.Sub)):
+                f.accums.append(Site(f, st, dep, chain, nograd, st.lineno))
+        elif t is ast.If:
+            self.expr(st.test, ctx, chain, nograd)
+            before = ctx.state
+            ctx.state = dict(before)
+            self.block(st.body, ctx, chain, nograd, st)
+            after_body, ctx.state = ctx.state, dict(before)
+            self.block(st.orelse, ctx, chain, nograd, st)
+            ctx.state = _join(after_body, ctx.state)
+        elif t in (ast.For, ast.AsyncFor, ast.While):
+            if t is ast.While:
+                self.expr(st.test, ctx, chain, nograd)
+            else:
+                dep = self.expr(st.iter, ctx, chain, nograd)
+            before = ctx.state
+            ctx.state = dict(before)
+            ctx.loops.append(([], {}))
+            if t is not ast.While:
+                self.target(st.target, dep, ctx, chain, nograd, st)
+            self.block(st.body, ctx, chain, nograd, st)
+            self.close_loop(ctx)
+            ctx.state = _join(before, ctx.state)
+            self.block(st.orelse, ctx, chain, nograd, st)
+        elif t in (ast.With, ast.AsyncWith):
+            inner = _with_grad_mode(st.items, nograd)
+            for item in st.items:
+                dep = self.expr(item.context_expr, ctx, chain, nograd)
+                if item.optional_vars is not None:
+                    self.target(item.optional_vars, dep, ctx, chain, nograd, st)
+            self.block(st.body, ctx, chain, inner, st)
+        elif t is ast.Return:
+            if st.value is not None:
+                f.returns.append(self.expr(st.value, ctx, chain, nograd))
+        elif t in (ast.FunctionDef, ast.AsyncFunctionDef):
+            for dec in st.decorator_list:
+                self.expr(dec, ctx, chain, nograd)
+            for default in st.args.defaults + [d for d in st.args.kw_defaults if d is not None]:
+                self.expr(default, ctx, chain, nograd)
+            cls = f.name[7:-1] if f.name.startswith("<class ") else None
+            g = self.new_func(st, st.name, cls, f)
+            ctx.state[st.name] = (self.define(f, st.name, EMPTY, st.lineno),)
+            self.run(st.body, g, st)
+        elif t is ast.ClassDef:
+            for b in st.bases:
+                self.expr(b, ctx, chain, nograd)
+            c = self.new_func(st, f"<class {st.name}>", None, f)
+            self.prog.classes.add(st.name)
+            self.run(st.body, c, st)
+        elif t is ast.AnnAssign:
+            if st.value is not None:
+                dep = self.expr(st.value, ctx, chain, nograd)
+                self.target(st.target, dep, ctx, chain, nograd, st)
+        elif t is ast.Try or t.__name__ == "TryStar":
+            before = ctx.state
+            ctx.state = dict(before)
+            self.block(st.body, ctx, chain, nograd, st)
+            after_body = ctx.state
+            ends = [after_body]
+            for h in st.handlers:
+                ctx.state = _join(before, after_body)
+                if h.name:
+                    ctx.state[h.name] = (self.define(f, h.name, EMPTY, h.lineno),)
+                self.block(h.body, ctx, chain, nograd, h)
+                ends.append(ctx.state)
+            ctx.state = dict(after_body)
+            self.block(st.orelse, ctx, chain, nograd, st)
+            ends[0] = ctx.state
+            state = ends[0]
+            for e in ends[1:]:
+                state = _join(state, e)
+            ctx.state = state
+            self.block(st.finalbody, ctx, chain, nograd, st)
+        elif t is ast.Global or t is ast.Nonlocal:
+            f.globals_.update(st.names) if t is ast.Global else None
+        elif t is ast.Match:
+            self.expr(st.subject, ctx, chain, nograd)
+            before, ends = ctx.state, []
+            for case in st.cases:
+                ctx.state = dict(before)
+                self.block(case.body, ctx, chain, nograd, case)
+                ends.append(ctx.state)
+            state = before
+            for e in ends:
+                state = _join(state, e)
+            ctx.state = state
+        else:  # Raise, Assert, Delete, Import, Pass, Break, Continue
+            for child in ast.iter_child_nodes(st):
+                if isinstance(child, ast.expr) and not isinstance(getattr(child, "ctx", None), ast.Del):
+                    self.expr(child, ctx, chain, nograd)
+
+    def close_loop(self, ctx: "_Ctx") -> None:
+        """Definitions made in a loop body reach the uses earlier in that body (next iteration)."""
+        uses, defs = ctx.loops.pop()
+        for use in uses:
+            extra = defs.get(use.name)
+            if extra:
+                use.defs = tuple(set(use.defs) | set(extra))
+        if ctx.loops:
+            outer_uses, outer_defs = ctx.loops[-1]
+            outer_uses.extend(uses)
+            for name, ds in defs.items():
+                outer_defs.setdefault(name, []).extend(ds)
+
+    def bind(self, ctx: "_Ctx", name: str, dep: Dep, line: int, src=None) -> None:
+        d = self.define(ctx.f, name, dep, line, 0, src)
+        ctx.state[name] = (d,)
+        if ctx.loops:
+            ctx.loops[-1][1].setdefault(name, []).append(d)
+
+    def load(self, ctx: "_Ctx", name: str) -> Use:
+        f = ctx.f
+        defs = ctx.state.get(name)
+        if defs is not None and name not in f.globals_:
+            use = Use(name, defs)
+        else:
+            scopes = []
+            p = f.parent
+            while p is not None:
+                if not isinstance(p.node, ast.ClassDef):
+                    scopes.append(p)
+                p = p.parent
+            if name in f.globals_ and self.prog.module is not None:
+                scopes = [self.prog.module]
+            use = Use(name, (), scopes)
+            self.free_uses.append(use)
+        if ctx.loops:
+            ctx.loops[-1][0].append(use)
+        return use
+
+    def target(self, node, dep: Dep, ctx: "_Ctx", chain, nograd, st) -> None:
+        t = type(node)
+        f = ctx.f
+        if t is ast.Name:
+            self.bind(ctx, node.id, dep, st.lineno, st)
+            if f.name.startswith("<class "):
+                f.attr_stores.append((node.id, dep))  # a class attribute (Hyperparameters.val_files)
+            if isinstance(st, (ast.Assign, ast.AnnAssign)) and _is_leaf(st.value, self.prog.consts):
+                f.leaves.add(node.id)
+        elif t in (ast.Tuple, ast.List):
+            for elt in node.elts:
+                self.target(elt, dep, ctx, chain, nograd, st)
+        elif t is ast.Starred:
+            self.target(node.value, dep, ctx, chain, nograd, st)
+        elif t is ast.Attribute:
+            f.attr_stores.append((node.attr, dep))
+            base = node.value
+            if isinstance(base, ast.Name) and base.id not in ("self", "cls"):
+                self.bind(ctx, base.id, _merge([dep, Dep(0, (self.load(ctx, base.id),))]), st.lineno)
+            else:
+                self.expr(base, ctx, chain, nograd)
+        elif t is ast.Subscript:
+            self.expr(node.slice, ctx, chain, nograd)
+            base = node.value
+            while isinstance(base, ast.Subscript):
+                self.expr(base.slice, ctx, chain, nograd)
+                base = base.value
+            if isinstance(base, ast.Name):
+                self.bind(ctx, base.id, _merge([dep, Dep(0, (self.load(ctx, base.id),))]), st.lineno)
+            elif isinstance(base, ast.Attribute):
+                f.attr_stores.append((base.attr, dep))
+                self.expr(base.value, ctx, chain, nograd)
+
+    # -- expressions ----------------------------------------------------------------------------
+    def expr(self, node, ctx: "_Ctx", chain, nograd) -> Dep:
+        t = type(node)
+        if t is ast.Name:
+            ctx.f.idents.add(node.id)
+            return Dep(0, (self.load(ctx, node.id),))
+        if t is ast.Constant:
+            v = node.value
+            if isinstance(v, str) and len(v) < 400 and VAL_FILES.search(v):
+                return Dep(V)
+            return EMPTY
+        if t is ast.Attribute:
+            ctx.f.idents.add(node.attr)
+            base = self.expr(node.value, ctx, chain, nograd)
+            if node.attr in SHAPE_ATTRS:
+                return EMPTY
+            return _merge([base, Dep(0, (), (node.attr,))])
+        if t is ast.Call:
+            return self.call(node, ctx, chain, nograd)
+        if t is ast.Subscript:
+            return _merge([self.expr(node.value, ctx, chain, nograd), self.expr(node.slice, ctx, chain, nograd)])
+        if t is ast.BinOp:
+            dep = _merge([self.expr(node.left, ctx, chain, nograd), self.expr(node.right, ctx, chain, nograd)])
+            op = type(node.op)
+            f = ctx.f
+            if op is ast.BitXor:
+                f.xors.append(node)
+            elif op is ast.Div and isinstance(node.left, ast.Subscript) and isinstance(node.right, ast.Subscript):
+                f.ratios.append(Site(f, node, dep, chain, nograd, node.lineno))
+            elif op is ast.Add and _is_blend(node):
+                f.blends.append(Site(f, node, dep, chain, nograd, node.lineno))
+            return dep
+        if t is ast.Compare:
+            self.expr(node.left, ctx, chain, nograd)
+            for c in node.comparators:
+                self.expr(c, ctx, chain, nograd)
+            return EMPTY
+        if t in (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp):
+            for gen in node.generators:
+                it = self.expr(gen.iter, ctx, chain, nograd)
+                self.target(gen.target, it, ctx, chain, nograd, node)
+                for cond in gen.ifs:
+                    self.expr(cond, ctx, chain, nograd)
+            if t is ast.DictComp:
+                return _merge([self.expr(node.key, ctx, chain, nograd), self.expr(node.value, ctx, chain, nograd)])
+            return self.expr(node.elt, ctx, chain, nograd)
+        if t is ast.Lambda:
+            g = self.new_func(node, "<lambda>", None, ctx.f)
+            inner = _Ctx(g, self.entry_state(g))
+            self.expr(node.body, inner, (), nograd)
+            return EMPTY
+        if t is ast.NamedExpr:
+            dep = self.expr(node.value, ctx, chain, nograd)
+            self.bind(ctx, node.target.id, dep, node.lineno)
+            return dep
+        if t is ast.IfExp:
+            self.expr(node.test, ctx, chain, nograd)
+            return _merge([self.expr(node.body, ctx, chain, nograd), self.expr(node.orelse, ctx, chain, nograd)])
+        return _merge([self.expr(child, ctx, chain, nograd) for child in ast.iter_child_nodes(node)
+                       if isinstance(child, ast.expr)])
+
+    def call(self, node: ast.Call, ctx: "_Ctx", chain, nograd) -> Dep:
+        f = ctx.f
+        func = node.func
+        method = isinstance(func, ast.Attribute)
+        name = _name_of(func)
+        recv = self.expr(func.value, ctx, chain, nograd) if method else None
+        if not method and not isinstance(func, ast.Name):
+            self.expr(func, ctx, chain, nograd)
+        args = [self.expr(a, ctx, chain, nograd) for a in node.args]
+        kwargs = {kw.arg: self.expr(kw.value, ctx, chain, nograd) for kw in node.keywords}
+        site = CallSite(f, node, name, method, recv, args, kwargs, chain, nograd, node.lineno)
+        f.calls.append(site)
+        if method and name == "backward":
+            f.backwards.append(Site(f, node, recv, chain, nograd, node.lineno))
+        elif name == "grad" and args and method and _name_of(func.value) == "autograd":
+            f.backwards.append(Site(f, node, args[0], chain, nograd, node.lineno))
+        elif name == "add_" and method and args:
+            f.accums.append(Site(f, node, args[0], chain, nograd, node.lineno))
+        elif name in OPTIMIZERS:
+            f.optimizers.append(site)
+        elif name == "bitwise_xor":
+            f.xors.append(node)
+        if method and name in MUTATORS:
+            base = func.value
+            while isinstance(base, ast.Subscript):
+                base = base.value
+            mdep = _merge(args + list(kwargs.values()) + [recv])
+            if isinstance(base, ast.Name):
+                self.bind(ctx, base.id, mdep, node.lineno)
+            elif isinstance(base, ast.Attribute):
+                f.attr_stores.append((base.attr, _merge(args + list(kwargs.values()))))
+        if name in SHAPE_ONLY or (not method and name in LOGGING):
+            return EMPTY
+        return Dep(0, (), (), (site,))
+
+
+class _Ctx:
+    """Traversal state inside one function: the definitions that reach the current point."""
+
+    __slots__ = ("f", "state", "loops")
+
+    def __init__(self, f: Func, state: dict):
+        self.f, self.state, self.loops = f, state, []
+
+
+class Program:
+    """The facts of one script (see the module docstring)."""
+
+    def __init__(self):
+        self.funcs: list[Func] = []
+        self.by_name: dict[str, list[Func]] = {}
+        self.classes: set[str] = set()
+        self.defs: list[Def] = []
+        self.module: Func | None = None
+        self.tainted_attrs: set[str] = set()
+        self.consts: dict = {}
+        self.problem: str | None = None
+        self.problem_line: int | None = None
+
+    # -- labels ---------------------------------------------------------------------------------
+    def labels(self, dep: Dep, f: Func) -> int:
+        m = dep.const
+        for u in dep.uses:
+            for d in u.defs:
+                m |= d.labels
+        if dep.attrs:
+            tainted = self.tainted_attrs
+            for a in dep.attrs:
+                if a in tainted:
+                    m |= V
+                    break
+        for c in dep.calls:
+            m |= self.call_labels(c, f)
+        return m
+
+    def call_labels(self, c: CallSite, f: Func) -> int:
+        if not c.targets:
+            m = self.labels(c.recv, f) if c.recv is not None else 0
+            for a in c.args:
+                m |= self.labels(a, f)
+            for a in c.kwargs.values():
+                m |= self.labels(a, f)
+            return m
+        m = 0
+        for g in c.targets:
+            if g.ret:
+                m |= self.instantiate(c, g, g.ret, f)
+        return m
+
+    def instantiate(self, c: CallSite, g: Func, mask: int, f: Func) -> int:
+        """A callee mask (V and the callee's parameter bits) seen from the calling function."""
+        if not mask:
+            return 0
+        out = mask & V
+        own = g.own_bits
+        if (f.root or f) is (g.root or g):
+            out |= mask & ~own & ~V  # a closure's view of its enclosing function's parameters
+        if not mask & own:
+            return out
+        params = g.params
+        offset = 1 if (c.method and g.cls is not None and params and params[0][0] in ("self", "cls")) else 0
+        if offset and c.recv is not None and mask & params[0][1]:
+            out |= self.labels(c.recv, f)
+        for i, a in enumerate(c.args):
+            j = i + offset
+            bit = params[j][1] if j < len(params) else g.vararg_bit
+            if mask & bit:
+                out |= self.labels(a, f)
+        if c.kwargs:
+            by_name = dict(params)
+            for k, a in c.kwargs.items():
+                bit = by_name.get(k, g.kwarg_bit) if k else (g.kwarg_bit | g.vararg_bit)
+                if mask & bit:
+                    out |= self.labels(a, f)
+        return out
+
+    @staticmethod
+    def root_of(f: Func) -> Func:
+        return f.root or f
+
+    def is_val(self, f: Func, mask: int) -> bool:
+        return bool(mask & (V | (f.root or f).val_in))
+
+    # -- resolution and fixed points ------------------------------------------------------------
+    def resolve(self) -> None:
+        for f in self.funcs:
+            for c in list(f.calls):
+                cands = self.by_name.get(c.name, ())
+                if c.method:
+                    c.targets = [g for g in cands if g.cls is not None]
+                else:
+                    c.targets = [g for g in cands if g.cls is None and g.name != "<lambda>"]
+                for g in c.targets:
+                    g.callers.append(c)
+                self._implicit_call(c, f)
+
+    def _implicit_call(self, c: CallSite, f: Func) -> None:
+        """`timed_eval(label, eval_val_ttt, h, model, ...)`: a function passed as an argument is
+        taken to be called with the arguments that follow it."""
+        params = {n for n, _ in f.params}
+        for i, a in enumerate(c.node.args):
+            if not isinstance(a, ast.Name) or a.id not in self.by_name or a.id in params:
+                continue
+            targets = [g for g in self.by_name[a.id] if g.cls is None and g.name != "<lambda>"]
+            if not targets:
+                continue
+            implicit = CallSite(f, c.node, a.id, False, None, c.args[i + 1:], dict(c.kwargs), c.chain, c.nograd,
+                                c.line, targets, c)
+            f.calls.append(implicit)
+            for g in targets:
+                g.callers.append(implicit)
+            return
+
+    def fix_summaries(self) -> None:
+        by_func: dict[int, Func] = {}
+        for f in self.funcs:
+            for defs in f.all_defs.values():
+                for d in defs:
+                    by_func[id(d)] = f
+        for _ in range(20):
+            changed = False
+            for d in self.defs:
+                if d.dep is EMPTY:
+                    continue
+                m = d.labels | self.labels(d.dep, by_func.get(id(d)) or self.module)
+                if m != d.labels:
+                    d.labels = m
+                    changed = True
+            for f in self.funcs:
+                for attr, dep in f.attr_stores:
+                    if attr not in self.tainted_attrs and self.labels(dep, f) & V:
+                        self.tainted_attrs.add(attr)
+                        changed = True
+                ret = 0
+                for dep in f.returns:
+                    ret |= self.labels(dep, f)
+                if ret != f.ret:
+                    f.ret = ret
+                    changed = True
+            if not changed:
+                return
+
+    def fix_contexts(self) -> None:
+        for f in self.funcs:
+            for name, bit in f.params:
+                if VAL_NAME.match(name):
+                    self.root_of(f).val_in |= bit
+        for _ in range(20):
+            changed = False
+            for f in self.funcs:
+                for c in f.calls:
+                    for g in c.targets:
+                        gain = self._arg_val_bits(c, g, f)
+                        groot = self.root_of(g)
+                        if gain & ~groot.val_in:
+                            groot.val_in |= gain
+                            changed = True
+            if not changed:
+                return
+
+    def _arg_val_bits(self, c: CallSite, g: Func, f: Func) -> int:
+        params = g.params
+        offset = 1 if (c.method and g.cls is not None and params and params[0][0] in ("self", "cls")) else 0
+        bits = 0
+        if offset and c.recv is not None and self.is_val(f, self.labels(c.recv, f)):
+            bits |= params[0][1]
+        for i, a in enumerate(c.args):
+            if self.is_val(f, self.labels(a, f)):
+                j = i + offset
+                bits |= params[j][1] if j < len(params) else g.vararg_bit
+        if c.kwargs:
+            names = dict(params)
+            for k, a in c.kwargs.items():
+                if self.is_val(f, self.labels(a, f)):
+                    bits |= names.get(k, g.kwarg_bit) if k else g.kwarg_bit
+        return bits
+
+    def fix_effects(self) -> None:
+        for f in self.funcs:
+            for a in f.accums:
+                m = self.labels(a.dep, f)
+                f.acc_any |= m
+                if a.nograd:
+                    f.acc_ng |= m
+            for b in f.backwards:
+                f.train |= self.labels(b.dep, f)
+        for _ in range(20):
+            changed = False
+            for f in self.funcs:
+                ng, anyacc, train = f.acc_ng, f.acc_any, f.train
+                for c in f.calls:
+                    if not c.targets:
+                        if not c.method and SCORE_NAME.search(c.name):
+                            ng |= self.call_labels(c, f)
+                        continue
+                    for g in c.targets:
+                        if g.acc_ng:
+                            ng |= self.instantiate(c, g, g.acc_ng, f)
+                        if g.acc_any:
+                            inst = self.instantiate(c, g, g.acc_any, f)
+                            anyacc |= inst
+                            if c.nograd:
+                                ng |= inst
+                        if g.train:
+                            train |= self.instantiate(c, g, g.train, f)
+                if (ng, anyacc, train) != (f.acc_ng, f.acc_any, f.train):
+                    f.acc_ng, f.acc_any, f.train = ng, anyacc, train
+                    changed = True
+            if not changed:
+                return
+
+    # -- questions the checks ask -----------------------------------------------------------------
+    def scores_val(self, c: CallSite, f: Func) -> bool:
+        """Does this call accumulate a loss on validation data without gradients (scoring)?"""
+        if not c.targets:
+            return not c.method and bool(SCORE_NAME.search(c.name)) and self.is_val(f, self.call_labels(c, f))
+        for g in c.targets:
+            m = self.instantiate(c, g, g.acc_ng, f)
+            if c.nograd:
+                m |= self.instantiate(c, g, g.acc_any, f)
+            if self.is_val(f, m):
+                return True
+        return False
+
+    def trains_val(self, c: CallSite, f: Func) -> bool:
+        return any(self.is_val(f, self.instantiate(c, g, g.train, f)) for g in c.targets)
+
+    def scoring_statements(self, f: Func) -> set:
+        if f.scoring_stmts is None:
+            marked = set()
+            sites = [a for a in f.accums if a.nograd and self.is_val(f, self.labels(a.dep, f))]
+            sites += [c for c in f.calls if self.scores_val(c, f)]
+            for s in sites:
+                for _, block, i in s.chain:
+                    marked.add(id(block[i]))
+            f.scoring_stmts = marked
+        return f.scoring_stmts
+
+    def val_training(self) -> list[TrainSite]:
+        out = []
+        for f in self.funcs:
+            for b in f.backwards:
+                mask = self.labels(b.dep, f)
+                if not self.is_val(f, mask):
+                    continue
+                verdict, path, gates = self._scored_first(f, b.chain, mask, frozenset(), [f.name])
+                out.append(TrainSite(f, b.line, self._kind(f, b), verdict, _epochs(b.chain),
+                                     self._causal_hint(f, b), gates, path))
+        return out
+
+    def _scored_first(self, f: Func, chain: tuple, mask: int, seen: frozenset, path: list):
+        """(True/False/None, path, gate names): whether every way of reaching this point with
+        validation data scores validation data earlier in the same loop iteration. None: never
+        reached with validation data (the function is not called with it)."""
+        scoring = self.scoring_statements(f)
+        gates = _gates(chain)
+        straight = False
+        for k in range(len(chain) - 1, -1, -1):
+            _, block, idx = chain[k]
+            if any(id(block[j]) in scoring for j in range(idx)):
+                if any(isinstance(owner, LOOPS) for owner, _, _ in chain[:k + 1]):
+                    return True, path, gates
+                straight = True
+        if f.name == "<module>":
+            return straight, path, gates
+        callers = [(c, self.instantiate(c, f, mask, c.func)) for c in f.callers if c.func is not f]
+        callers = [(c, m) for c, m in callers if self.is_val(c.func, m)]
+        if not callers:
+            return None, path, gates
+        if f in seen or len(seen) > 8:
+            return False, path, gates
+        results = []
+        for c, m in callers:
+            if straight:
+                results.append((self._called_in_loop(c, seen | {f}), path + [c.func.name], _gates(c.chain)))
+            else:
+                results.append(self._scored_first(c.func, c.chain, m, seen | {f}, path + [c.func.name]))
+        decided = [r for r in results if r[0] is not None]
+        if not decided:
+            return None, path, gates
+        bad = [r for r in decided if r[0] is False]
+        chosen = bad[0] if bad else decided[0]
+        return (not bad), chosen[1], gates + chosen[2]
+
+    def _called_in_loop(self, c: CallSite, seen: frozenset) -> bool:
+        if any(isinstance(owner, LOOPS) for owner, _, _ in c.chain):
+            return True
+        f = c.func
+        if f.name == "<module>":
+            return False
+        callers = [x for x in f.callers if x.func is not f]
+        if not callers or f in seen or len(seen) > 8:
+            return not callers
+        return all(self._called_in_loop(x, seen | {f}) for x in callers)
+
+    def _kind(self, f: Func, b: Site) -> str:
+        if _mentions_warmup(f, b.chain):
+            return "warmup"
+        if f.leaves and any(_optimises_leaf(f, o) for o in f.optimizers):
+            return "slot"
+        return "pre-eval"
+
+    def _causal_hint(self, f: Func, b: Site) -> bool:
+        names = self.dep_names(b.dep)
+        return any(re.search(r"context|ctx|prefix|already|prev_scored", n, re.I) for n in names)
+
+    @staticmethod
+    def dep_names(dep: Dep, limit: int = 300) -> set:
+        """Variable names an expression is computed from, transitively through definitions."""
+        seen: set = set()
+        todo = [dep]
+        visited_defs: set = set()
+        while todo and len(seen) < limit:
+            d = todo.pop()
+            calls = list(d.calls)
+            while calls:
+                c = calls.pop()
+                todo.extend(x for x in list(c.args) + list(c.kwargs.values()) + ([c.recv] if c.recv else []))
+            for u in d.uses:
+                seen.add(u.name)
+                for df in u.defs:
+                    if id(df) not in visited_defs:
+                        visited_defs.add(id(df))
+                        todo.append(df.dep)
+        return seen
+
+
+def _optimises_leaf(f: Func, opt: CallSite) -> bool:
+    first = opt.node.args[0] if opt.node.args else None
+    if first is None:
+        return False
+    return bool({n.id for n in ast.walk(first) if isinstance(n, ast.Name)} & f.leaves)
+
+
+def _idents(node) -> list[str]:
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.append(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.append(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+            out.append(n.value)
+    return out
+
+
+def _header_idents(node) -> list[str]:
+    if isinstance(node, (ast.For, ast.AsyncFor)):
+        return _idents(node.target) + _idents(node.iter)
+    if isinstance(node, (ast.While, ast.If)):
+        return _idents(node.test)
+    if isinstance(node, (ast.With, ast.AsyncWith)):
+        return [x for item in node.items for x in _idents(item.context_expr)]
+    return []
+
+
+def _mentions_warmup(f: Func, chain: tuple) -> bool:
+    """A compile warm-up: the function, an enclosing loop/if/with or a statement just before says so."""
+    if "warm" in f.name.lower():
+        return True
+    for owner, block, idx in chain[-3:]:
+        if any("warm" in p.lower() for p in _header_idents(owner)):
+            return True
+        for j in range(max(0, idx - 3), idx):
+            if any("warm" in p.lower() for p in _idents(block[j])):
+                return True
+    return False
+
+
+def _epochs(chain: tuple) -> bool:
+    for owner, _, _ in chain:
+        if isinstance(owner, (ast.For, ast.AsyncFor)):
+            text = " ".join(_idents(owner.target) + _idents(owner.iter))
+            if re.search(r"(?:^|_|\b)ep(?:och)?s?(?:$|_|\b)", text, re.I):
+                return True
+    return False
+
+
+def _gates(chain: tuple) -> list[str]:
+    """Identifiers tested by the `if` statements around a point (`h.ttt_enabled`, `args.pre_ttt`)."""
+    out = []
+    for owner, block, _ in chain:
+        if isinstance(owner, ast.If) and block is owner.body:
+            out += [x for x in _idents(owner.test) if x.isidentifier()]
+    return out
+
+
+def analyse(tree: ast.Module) -> Program:
+    prog = Program()
+    _Builder(prog).module(tree)
+    prog.resolve()
+    prog.fix_summaries()
+    prog.fix_contexts()
+    prog.fix_effects()
+    return prog
+
+
+def analyse_source(text: str) -> Program:
+    parsed = parse(text)
+    if parsed.tree is None:
+        prog = Program()
+        prog.problem, prog.problem_line = parsed.problem, parsed.line
+        return prog
+    return analyse(parsed.tree)
