@@ -35,7 +35,12 @@ from verifier.pysource import parse
 
 __all__ = ["Program", "Func", "CallSite", "Site", "TrainSite", "analyse", "analyse_source", "V", "VAL_NAME"]
 
-V = 1  # label bit: validation data; higher bits stand for function parameters
+V = 1  # label bit: validation data
+K = 2  # a hash key that mixes the token at a position with the tokens before it (target in the key)
+P = 4  # a table lookup with such a key: a count read for the target token only
+R = 8  # a ratio of two table lookups (count / count)
+FIRST_PARAM_BIT = 4  # bits from 1 << 4 up stand for function parameters
+CONST_BITS = (1 << FIRST_PARAM_BIT) - 1
 VAL_FILES = re.compile(r"fineweb_val|_val_\*|val_\*\.bin|val[\w-]*\*?\.bin\b")
 VAL_NAME = re.compile(r"^(?:val|valid|validation)(?:_(?:tokens?|data|ids|stream|set|toks|np|seq|loader|files|bytes)"
                       r"|$)|^(?:x|y|all)_val$")
@@ -52,7 +57,8 @@ MUTATORS = frozenset({"append", "extend", "insert", "update", "add", "setdefault
                       "fill_", "index_copy_", "index_put_", "scatter_", "masked_scatter_", "set_", "push"})
 NOGRAD = frozenset({"no_grad", "inference_mode"})
 LOOPS = (ast.For, ast.AsyncFor, ast.While)
-SCORE_NAME = re.compile(r"score|eval", re.I)
+# an unknown function (a parameter, a helper in another file) named like an evaluation routine
+SCORE_NAME = re.compile(r"^_?(?:eval|evaluate|score)(?:_(?!model$|net$|mode$)\w+)?$", re.I)
 OPTIMIZERS = frozenset({"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "LBFGS", "Muon",
                         "Lion", "Adafactor"})
 
@@ -76,12 +82,13 @@ class Use:
 
 
 class Dep:
-    """What an expression's value is made of: constant labels, variable uses, attributes, calls."""
+    """What an expression's value is made of: constant labels, variable uses, attributes, calls,
+    and table lookups (whose index decides whether the value is a target-keyed count)."""
 
-    __slots__ = ("const", "uses", "attrs", "calls")
+    __slots__ = ("const", "uses", "attrs", "calls", "lookups")
 
-    def __init__(self, const=0, uses=(), attrs=(), calls=()):
-        self.const, self.uses, self.attrs, self.calls = const, uses, attrs, calls
+    def __init__(self, const=0, uses=(), attrs=(), calls=(), lookups=()):
+        self.const, self.uses, self.attrs, self.calls, self.lookups = const, uses, attrs, calls, lookups
 
 
 EMPTY = Dep()
@@ -93,13 +100,14 @@ def _merge(deps) -> Dep:
         return EMPTY
     if len(deps) == 1:
         return deps[0]
-    const, uses, attrs, calls = 0, [], [], []
+    const, uses, attrs, calls, lookups = 0, [], [], [], []
     for d in deps:
         const |= d.const
         uses.extend(d.uses)
         attrs.extend(d.attrs)
         calls.extend(d.calls)
-    return Dep(const, tuple(uses), tuple(set(attrs)), tuple(calls))
+        lookups.extend(d.lookups)
+    return Dep(const, tuple(uses), tuple(set(attrs)), tuple(calls), tuple(lookups))
 
 
 @dataclass(eq=False)
@@ -140,7 +148,7 @@ class Func:
     params: list = field(default_factory=list)  # [(name, bit)]
     vararg_bit: int = 0
     kwarg_bit: int = 0
-    next_bit: int = 1
+    next_bit: int = FIRST_PARAM_BIT - 1
     all_defs: dict = field(default_factory=dict)  # name -> [Def]
     attr_stores: list = field(default_factory=list)  # [(attr, Dep)]
     returns: list = field(default_factory=list)
@@ -151,7 +159,8 @@ class Func:
     optimizers: list = field(default_factory=list)  # CallSites constructing an optimizer
     blends: list = field(default_factory=list)  # Sites of `(1 - a) * x + a * y`
     xors: list = field(default_factory=list)  # BinOp BitXor / bitwise_xor nodes
-    ratios: list = field(default_factory=list)  # Sites of `table[k] / table2[k2]`
+    divisions: list = field(default_factory=list)  # Sites of `x / y`
+    lookups: list = field(default_factory=list)  # Sites of `table[index]` reads
     idents: set = field(default_factory=set)
     globals_: set = field(default_factory=set)
     decorated_nograd: bool = False
@@ -223,6 +232,57 @@ def _decorated_nograd(node) -> bool:
 def _one_minus(node) -> bool:
     return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and isinstance(node.left, ast.Constant)
             and node.left.value in (1, 1.0))
+
+
+def _subscript_terms(node, state: dict, depth: int = 0) -> list[tuple[str, str, int]]:
+    """(array, index variable, offset) of the `A[i]`, `A[i - k]`, `A[..., 1:]` terms an expression
+    is made of, following local variables to their definitions (two levels)."""
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Subscript):
+            arr = _name_of(n.value)
+            sl = n.slice
+            if isinstance(sl, ast.Tuple) and sl.elts:
+                sl = sl.elts[-1]
+            if isinstance(sl, ast.Name):
+                out.append((arr, sl.id, 0))
+            elif isinstance(sl, ast.BinOp) and isinstance(sl.left, ast.Name) and isinstance(sl.op, (ast.Sub, ast.Add)):
+                out.append((arr, sl.left.id, -1 if isinstance(sl.op, ast.Sub) else 1))
+            elif isinstance(sl, ast.Slice):
+                lo, hi = sl.lower, sl.upper
+                if isinstance(lo, ast.Constant) and hi is None and lo.value == 1:
+                    out.append((arr, "<shift>", 0))  # t[..., 1:]: the token at each position
+                elif lo is None and isinstance(hi, ast.UnaryOp) and isinstance(hi.operand, ast.Constant):
+                    out.append((arr, "<shift>", -1))  # t[..., :-1]: the token before it
+        elif isinstance(n, ast.Name) and depth < 2:
+            for d in state.get(n.id, ()):
+                src = d.src
+                value = getattr(src, "value", None) if isinstance(src, (ast.Assign, ast.AugAssign)) else None
+                if value is not None and value is not node:
+                    out.extend(_subscript_terms(value, {}, depth + 1) if depth else
+                               _subscript_terms(value, state, depth + 1))
+    return out
+
+
+_TARGET_NAME = re.compile(r"^(?:y|y_\w*|\w*_y|tgt\w*|targets?|target_\w*|\w*_targets?|\w*_tgt|next_tok\w*)$")
+
+
+def _target_hash(node, state: dict) -> bool:
+    """A hash that mixes the token at a position with the tokens before it: `A[i] ^ f(A[i - k])`,
+    or a target (`y`, `tgt`, `targets`) XORed into a context hash."""
+    parts = node.args if isinstance(node, ast.Call) else [node.left, node.right]
+    if len(parts) != 2:
+        return False
+    terms = []
+    for part in parts:
+        terms.extend(_subscript_terms(part, state))
+    seen: dict[tuple[str, str], set] = {}
+    for arr, idx, off in terms:
+        seen.setdefault((arr, idx), set()).add(off)
+    if any(0 in offs and -1 in offs for offs in seen.values()):
+        return True
+    named = [any(_TARGET_NAME.match(x) for x in _idents(part)) for part in parts]
+    return named[0] != named[1]
 
 
 def _is_blend(node: ast.BinOp) -> bool:
@@ -347,7 +407,7 @@ class _Builder:
             self.expr(st.value, ctx, chain, nograd)
         elif t is ast.AugAssign:
             dep = self.expr(st.value, ctx, chain, nograd)
-            old = self.expr(st.target, ctx, chain, nograd)
+            old = self.expr(st.target, ctx, chain, nograd, store=True)
             self.target(st.target, _merge([dep, old]), ctx, chain, nograd, st)
             if isinstance(st.op, (ast.Add, ast.Sub)):
                 f.accums.append(Site(f, st, dep, chain, nograd, st.lineno))
@@ -513,7 +573,7 @@ class _Builder:
                 self.expr(base.value, ctx, chain, nograd)
 
     # -- expressions ----------------------------------------------------------------------------
-    def expr(self, node, ctx: "_Ctx", chain, nograd) -> Dep:
+    def expr(self, node, ctx: "_Ctx", chain, nograd, store: bool = False) -> Dep:
         t = type(node)
         if t is ast.Name:
             ctx.f.idents.add(node.id)
@@ -532,15 +592,23 @@ class _Builder:
         if t is ast.Call:
             return self.call(node, ctx, chain, nograd)
         if t is ast.Subscript:
-            return _merge([self.expr(node.value, ctx, chain, nograd), self.expr(node.slice, ctx, chain, nograd)])
+            index = self.expr(node.slice, ctx, chain, nograd)
+            dep = _merge([self.expr(node.value, ctx, chain, nograd), index])
+            if not store and index is not EMPTY:
+                ctx.f.lookups.append(Site(ctx.f, node, index, chain, nograd, node.lineno))
+                return _merge([dep, Dep(0, (), (), (), (ctx.f.lookups[-1],))])
+            return dep
         if t is ast.BinOp:
             dep = _merge([self.expr(node.left, ctx, chain, nograd), self.expr(node.right, ctx, chain, nograd)])
             op = type(node.op)
             f = ctx.f
-            if op is ast.BitXor:
+            if op is ast.BitXor and _target_hash(node, ctx.state):
                 f.xors.append(node)
-            elif op is ast.Div and isinstance(node.left, ast.Subscript) and isinstance(node.right, ast.Subscript):
-                f.ratios.append(Site(f, node, dep, chain, nograd, node.lineno))
+                dep = _merge([dep, Dep(K)])
+            elif op is ast.Div:
+                f.divisions.append(Site(f, node, dep, chain, nograd, node.lineno))
+                if isinstance(node.left, ast.Subscript) and isinstance(node.right, ast.Subscript):
+                    dep = _merge([dep, Dep(R)])
             elif op is ast.Add and _is_blend(node):
                 f.blends.append(Site(f, node, dep, chain, nograd, node.lineno))
             return dep
@@ -593,8 +661,9 @@ class _Builder:
             f.accums.append(Site(f, node, args[0], chain, nograd, node.lineno))
         elif name in OPTIMIZERS:
             f.optimizers.append(site)
-        elif name == "bitwise_xor":
+        elif name == "bitwise_xor" and _target_hash(node, ctx.state):
             f.xors.append(node)
+            return Dep(K, (), (), (site,))
         if method and name in MUTATORS:
             base = func.value
             while isinstance(base, ast.Subscript):
@@ -646,6 +715,9 @@ class Program:
                     break
         for c in dep.calls:
             m |= self.call_labels(c, f)
+        for site in dep.lookups:
+            if self.labels(site.dep, site.func) & K:
+                m |= P
         return m
 
     def call_labels(self, c: CallSite, f: Func) -> int:
@@ -666,10 +738,10 @@ class Program:
         """A callee mask (V and the callee's parameter bits) seen from the calling function."""
         if not mask:
             return 0
-        out = mask & V
+        out = mask & CONST_BITS
         own = g.own_bits
         if (f.root or f) is (g.root or g):
-            out |= mask & ~own & ~V  # a closure's view of its enclosing function's parameters
+            out |= mask & ~own & ~CONST_BITS  # a closure's view of its enclosing function's parameters
         if not mask & own:
             return out
         params = g.params
@@ -840,6 +912,49 @@ class Program:
     def trains_val(self, c: CallSite, f: Func) -> bool:
         return any(self.is_val(f, self.instantiate(c, g, g.train, f)) for g in c.targets)
 
+    def rescoring(self) -> list[tuple[Func, CallSite, CallSite, str]]:
+        """(function, adapting call, later scoring call, model name): validation data is scored again
+        by a call that receives the same model after a call that trained that model on validation data."""
+        out = []
+        for f in self.funcs:
+            calls = sorted((c for c in f.calls if c.targets), key=lambda c: c.line)
+            trainers = [c for c in calls if self.trains_val(c, f)]
+            for c1 in trainers:
+                models = _model_args(c1)
+                end = getattr(c1.node, "end_lineno", c1.line) or c1.line
+                for c2 in calls:
+                    if c2.line <= end or c2 is c1 or _exclusive(c1.chain, c2.chain) or not self.scores_val(c2, f):
+                        continue
+                    shared = [m for m in _model_args(c2) if m in models
+                              and not any(c1.line < ln < c2.line for ln in f.def_lines(m))]
+                    if shared:
+                        out.append((f, c1, c2, shared[0]))
+                        break
+        return out
+
+    def strings_near(self, f: Func, line: int, span: int = 8) -> list[str]:
+        """String constants of the calls on the lines from `line` to `line + span` (log labels)."""
+        out = []
+        for c in f.calls:
+            if line <= c.line <= line + span:
+                out += [n.value for n in ast.walk(c.node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        return out
+
+    def calibration_reads(self) -> list[tuple[Func, int, str]]:
+        """(function, line, callee) where a calibration routine (GPTQ, Hessians) reads validation data."""
+        out = []
+        for f in self.funcs:
+            if _CALIB.search(f.name):  # a calibration routine that loads validation data itself
+                for c in f.calls:
+                    if any(self.labels(a, f) & V for a in list(c.args) + ([c.recv] if c.recv else [])):
+                        out.append((f, c.line, f.name))
+                        break
+            for c in f.calls:
+                if _CALIB.search(c.name) and any(self.is_val(f, self.labels(a, f)) for a in
+                                                 list(c.args) + list(c.kwargs.values())):
+                    out.append((f, c.line, c.name))
+        return out
+
     def scoring_statements(self, f: Func) -> set:
         if f.scoring_stmts is None:
             marked = set()
@@ -868,7 +983,7 @@ class Program:
         validation data scores validation data earlier in the same loop iteration. None: never
         reached with validation data (the function is not called with it)."""
         scoring = self.scoring_statements(f)
-        gates = _gates(chain)
+        gates = self.gates(f, chain)
         straight = False
         for k in range(len(chain) - 1, -1, -1):
             _, block, idx = chain[k]
@@ -887,7 +1002,7 @@ class Program:
         results = []
         for c, m in callers:
             if straight:
-                results.append((self._called_in_loop(c, seen | {f}), path + [c.func.name], _gates(c.chain)))
+                results.append((self._called_in_loop(c, seen | {f}), path + [c.func.name], self.gates(c.func, c.chain)))
             else:
                 results.append(self._scored_first(c.func, c.chain, m, seen | {f}, path + [c.func.name]))
         decided = [r for r in results if r[0] is not None]
@@ -908,12 +1023,86 @@ class Program:
             return not callers
         return all(self._called_in_loop(x, seen | {f}) for x in callers)
 
+    def gates(self, f: Func, chain: tuple) -> list[tuple[str, object]]:
+        """(key, default) of the flags tested by the `if` statements around a point: `h.ttt_enabled`,
+        or a local flag and what it is made of (`use_slot = getattr(args, "slot_enabled", False)`).
+        The default is the getattr fallback or the environment default of the key's definition
+        (`ttt_enabled = bool(int(os.environ.get("TTT_ENABLED", "0")))`), else None."""
+        out = []
+        for owner, block, _ in chain:
+            if not (isinstance(owner, ast.If) and block is owner.body):
+                continue
+            for x in _idents(owner.test):
+                if not x.isidentifier() or x in _GENERIC:
+                    continue
+                out.append((x, self.default_of(x)))
+                for d in f.all_defs.get(x, ()):
+                    src = d.src
+                    value = getattr(src, "value", None) if isinstance(src, (ast.Assign, ast.AnnAssign)) else None
+                    if value is None:
+                        continue
+                    for n in ast.walk(value):
+                        if (isinstance(n, ast.Call) and _name_of(n.func) == "getattr" and len(n.args) == 3
+                                and isinstance(n.args[1], ast.Constant) and isinstance(n.args[1].value, str)):
+                            default = n.args[2].value if isinstance(n.args[2], ast.Constant) else self.consts.get(
+                                _name_of(n.args[2]), None)
+                            out.append((n.args[1].value, default if default is not None else self.default_of(
+                                n.args[1].value)))
+                    out += [(y, self.default_of(y)) for y in _idents(value) if y.isidentifier() and y not in _GENERIC]
+        seen, unique = set(), []
+        for key, default in out:
+            if key not in seen:
+                seen.add(key)
+                unique.append((key, default))
+        return unique
+
+    def default_of(self, key: str):
+        """The default of a configuration key from its definition (`os.environ.get("X", "0")`), or None."""
+        for f in self.funcs:
+            if not f.name.startswith("<class ") and f.name != "<module>":
+                continue
+            for d in f.all_defs.get(key, ()):
+                value = getattr(d.src, "value", None)
+                if value is None:
+                    continue
+                for n in ast.walk(value):
+                    if isinstance(n, ast.Call) and _name_of(n.func) in ("get", "getenv") and len(n.args) >= 2:
+                        arg = n.args[1]
+                        if isinstance(arg, ast.Constant):
+                            return arg.value
+                if isinstance(value, ast.Constant):
+                    return value.value
+        return None
+
     def _kind(self, f: Func, b: Site) -> str:
         if _mentions_warmup(f, b.chain):
             return "warmup"
         if f.leaves and any(_optimises_leaf(f, o) for o in f.optimizers):
             return "slot"
+        if self._side_module(f, b):
+            return "diagnostic"
         return "pre-eval"
+
+    def _side_module(self, f: Func, b: Site) -> bool:
+        """The optimiser trains a module created in this function (a probe, a throwaway adapter) and
+        nothing is scored after it: the scored model is not what is trained."""
+        local = set()
+        for name, defs in f.all_defs.items():
+            for d in defs:
+                value = getattr(d.src, "value", None)
+                while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "to":
+                    value = value.func.value
+                if isinstance(value, ast.Call) and _name_of(value.func)[:1].isupper():
+                    local.add(name)
+        trained = set()
+        for opt in f.optimizers:
+            if opt.node.args:
+                trained |= {n.id for n in ast.walk(opt.node.args[0]) if isinstance(n, ast.Name)}
+        if not trained or not trained <= local:
+            return False
+        later = [a for a in f.accums if a.line > b.line and a.nograd and self.is_val(f, self.labels(a.dep, f))]
+        later += [c for c in f.calls if c.line > b.line and self.scores_val(c, f)]
+        return not later
 
     def _causal_hint(self, f: Func, b: Site) -> bool:
         names = self.dep_names(b.dep)
@@ -938,6 +1127,34 @@ class Program:
                         visited_defs.add(id(df))
                         todo.append(df.dep)
         return seen
+
+
+_CALIB = re.compile(r"calib|hessian|gptq", re.I)
+
+
+def _exclusive(chain1: tuple, chain2: tuple) -> bool:
+    """The two points sit in different branches of one if/else (or try/except): never both run."""
+    for (o1, b1, i1), (o2, b2, i2) in zip(chain1, chain2):
+        if o1 is not o2:
+            return False
+        if b1 is not b2:
+            return True
+        if i1 != i2:
+            return False
+    return False
+
+
+def _model_args(c: CallSite) -> list[str]:
+    """Names passed to a call that look like a model (not data, not configuration)."""
+    nodes = list(c.node.args) + [kw.value for kw in c.node.keywords]
+    if c.implicit_from is not None:
+        i = next((k for k, a in enumerate(c.node.args) if isinstance(a, ast.Name) and a.id == c.name), -1)
+        nodes = list(c.node.args[i + 1:]) + [kw.value for kw in c.node.keywords]
+    return [n.id for n in nodes if isinstance(n, ast.Name) and re.search(r"model|net|lora", n.id, re.I)]
+
+
+_GENERIC = frozenset({"h", "args", "self", "hp", "hparams", "cfg", "config", "__name__", "__main__", "os", "environ",
+                      "get", "getattr", "int", "bool", "float", "str", "len", "isinstance", "any", "all"})
 
 
 def _optimises_leaf(f: Func, opt: CallSite) -> bool:
@@ -989,15 +1206,6 @@ def _epochs(chain: tuple) -> bool:
             if re.search(r"(?:^|_|\b)ep(?:och)?s?(?:$|_|\b)", text, re.I):
                 return True
     return False
-
-
-def _gates(chain: tuple) -> list[str]:
-    """Identifiers tested by the `if` statements around a point (`h.ttt_enabled`, `args.pre_ttt`)."""
-    out = []
-    for owner, block, _ in chain:
-        if isinstance(owner, ast.If) and block is owner.body:
-            out += [x for x in _idents(owner.test) if x.isidentifier()]
-    return out
 
 
 def analyse(tree: ast.Module) -> Program:

@@ -88,7 +88,8 @@ def run_checks(analysis, only: Iterable[str] | None = None) -> list[Finding]:
 
 
 # Registration order is the order of docs/checks.md.
-for _module in ("files", "schema", "sizes", "scores", "seeds", "timing", "code", "data", "ttt", "significance", "rerun",
+for _module in ("files", "schema", "sizes", "scores", "seeds", "timing", "code", "data", "ttt", "legality", "environment",
+                "significance", "rerun",
                 "probes"):
     importlib.import_module(f"verifier.checks.{_module}")
 
