@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
 from verifier.artifact import Loaded, loaded_files
-from verifier.folder import MANIFEST, RecordFolder, SubmissionFile
+from verifier.folder import MANIFEST, RecordFolder, SubmissionFile, read_bytes
 from verifier.logs import LogSummary, Score
 from verifier.stats import Policy
 from verifier.submission import Claims, SeedClaim, number_decimals, read_claims
@@ -94,6 +95,7 @@ class Analysis:
     significance: dict | None = None
     skipped: list[dict] = field(default_factory=list)
     _loaded: list | None = None
+    _commands: str | None = None
 
     @property
     def strict(self) -> bool:
@@ -142,13 +144,35 @@ class Analysis:
         infos = [(n, self.folder.scripts.get(n)) for n in names]
         return [(n, i) for n, i in infos if i is not None and i.text is not None]
 
+    def other_logs(self) -> list[tuple[str, LogSummary]]:
+        """Logs not counted for any seed (not a run's log nor its companion): --ci checks them too."""
+        used = {r.log for r in self.runs} | {c for r in self.runs for c in r.companions}
+        return [(n, self.folder.logs[n]) for n in sorted(self.folder.logs) if n not in used]
+
     def logs_for_runs(self) -> list[LogSummary]:
         """The seed logs counted for the submission, else every log of the folder."""
         names = [r.log for r in self.runs] or sorted(self.folder.logs)
         return [self.folder.logs[n] for n in names]
 
-    def path_state(self, gates: list) -> tuple[str, str]:
-        """Did a code path guarded by these flags run? ("off" | "on" | "default-off" | "unknown", why)."""
+    def run_commands(self) -> str:
+        """README and shell scripts of the folder (the commands the record says it ran), as one text."""
+        if self._commands is None:
+            parts = []
+            for name in sorted(self.folder.files):
+                low = name.lower()
+                if "/" not in name and (low.startswith("readme") or low.endswith(".sh")):
+                    try:
+                        data = read_bytes(self.folder.root / name, 1 << 20)
+                    except OSError:
+                        data = None
+                    if data:
+                        parts.append(data.decode("utf-8", errors="replace"))
+            self._commands = "\n".join(parts)
+        return self._commands
+
+    def path_state(self, gates: list, prog=None) -> tuple[str, str]:
+        """Did a code path guarded by these flags run? ("off" | "on" | "default-off" | "unknown", why).
+        Evidence: the flags the logs print, then the environment the record's README / run scripts set."""
         logs = self.logs_for_runs()
         for key, _ in gates:
             values = [lg.hparams[key] for lg in logs if key in lg.hparams]
@@ -159,8 +183,14 @@ class Analysis:
             if values and any(str(v).strip().lower() in ("true", "1") for v in values):
                 return "on", f"{key}: {values[0]} in the logs"
         for key, default in gates:
-            if default is not None and _falsy(default) and not any(key in lg.hparams for lg in logs):
-                return "default-off", f"{key} is off by default ({default!r}) and no log sets it"
+            if default is None or not _falsy(default) or any(key in lg.hparams for lg in logs):
+                continue
+            env = prog.config_of(key)[1] if prog is not None else None
+            sets = [v for v in re.findall(r"\b" + re.escape(env) + r"=([\w.]+)", self.run_commands())] if env else []
+            on = next((v for v in sets if not _falsy(v)), None)
+            if on is not None:
+                return "on", f"the record's README or run script sets {env}={on}"
+            return "default-off", f"{key} is off by default ({default!r}) and no log sets it"
         return "unknown", ""
 
     def companion_value(self, run: Run, attr: str):

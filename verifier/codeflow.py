@@ -136,6 +136,8 @@ class CallSite:
     line: int
     targets: list = field(default_factory=list)  # functions it may reach (resolved after the pass)
     implicit_from: "CallSite | None" = None  # timed_eval(label, fn, *args): the call of fn
+    star: int = -1  # index of the first *args argument
+    bound: dict = field(default_factory=dict)  # callee -> [(parameter bit, Dep)]
 
 
 @dataclass(eq=False)
@@ -150,6 +152,8 @@ class Func:
     kwarg_bit: int = 0
     next_bit: int = FIRST_PARAM_BIT - 1
     all_defs: dict = field(default_factory=dict)  # name -> [Def]
+    defs: list = field(default_factory=list)  # every Def, in program order
+    free_readers: set = field(default_factory=set)  # functions that read this one's variables as free names
     attr_stores: list = field(default_factory=list)  # [(attr, Dep)]
     returns: list = field(default_factory=list)
     calls: list = field(default_factory=list)
@@ -172,6 +176,7 @@ class Func:
     val_in: int = 0  # on roots: parameter bits that receive validation data
     scoring_stmts: set | None = None
     line: int = 0
+    prog: "Program | None" = field(default=None, repr=False)
 
     @property
     def own_bits(self) -> int:
@@ -333,7 +338,7 @@ class _Builder:
 
     # -- functions ------------------------------------------------------------------------------
     def new_func(self, node, name: str, cls: str | None, parent: Func | None) -> Func:
-        f = Func(name=name, node=node, cls=cls, parent=parent, line=getattr(node, "lineno", 0))
+        f = Func(name=name, node=node, cls=cls, parent=parent, line=getattr(node, "lineno", 0), prog=self.prog)
         if parent is not None and not isinstance(parent.node, (ast.ClassDef, ast.Module)):
             f.root = parent.root or parent
         owner = f.root or f
@@ -373,11 +378,12 @@ class _Builder:
         mod = self.new_func(tree, "<module>", None, None)
         self.prog.module = mod
         self.run(tree.body, mod, tree)
-        for use in self.free_uses:
+        for use, reader in self.free_uses:
             for scope in use.scopes:
                 defs = scope.all_defs.get(use.name)
                 if defs:
                     use.defs = tuple(defs)
+                    scope.free_readers.add(reader)
                     break
 
     def run(self, body: list, f: Func, owner) -> None:
@@ -388,6 +394,7 @@ class _Builder:
         d = Def(name, dep, line, labels, src)
         target = self.prog.module if name in f.globals_ and self.prog.module is not None else f
         target.all_defs.setdefault(name, []).append(d)
+        target.defs.append(d)
         self.prog.defs.append(d)
         return d
 
@@ -534,7 +541,7 @@ class _Builder:
             if name in f.globals_ and self.prog.module is not None:
                 scopes = [self.prog.module]
             use = Use(name, (), scopes)
-            self.free_uses.append(use)
+            self.free_uses.append((use, f))
         if ctx.loops:
             ctx.loops[-1][0].append(use)
         return use
@@ -627,10 +634,15 @@ class _Builder:
                 return _merge([self.expr(node.key, ctx, chain, nograd), self.expr(node.value, ctx, chain, nograd)])
             return self.expr(node.elt, ctx, chain, nograd)
         if t is ast.Lambda:
-            g = self.new_func(node, "<lambda>", None, ctx.f)
-            inner = _Ctx(g, self.entry_state(g))
-            self.expr(node.body, inner, (), nograd)
-            return EMPTY
+            # read as if the body ran where the lambda is written (timed_eval(lambda: eval_ttt(...)))
+            saved = ctx.state
+            ctx.state = dict(saved)
+            a = node.args
+            for arg in list(getattr(a, "posonlyargs", [])) + list(a.args) + list(a.kwonlyargs):
+                ctx.state[arg.arg] = (self.define(ctx.f, arg.arg, EMPTY, node.lineno),)
+            dep = self.expr(node.body, ctx, chain, nograd)
+            ctx.state = saved
+            return dep
         if t is ast.NamedExpr:
             dep = self.expr(node.value, ctx, chain, nograd)
             self.bind(ctx, node.target.id, dep, node.lineno)
@@ -651,7 +663,8 @@ class _Builder:
             self.expr(func, ctx, chain, nograd)
         args = [self.expr(a, ctx, chain, nograd) for a in node.args]
         kwargs = {kw.arg: self.expr(kw.value, ctx, chain, nograd) for kw in node.keywords}
-        site = CallSite(f, node, name, method, recv, args, kwargs, chain, nograd, node.lineno)
+        star = next((i for i, a in enumerate(node.args) if isinstance(a, ast.Starred)), -1)
+        site = CallSite(f, node, name, method, recv, args, kwargs, chain, nograd, node.lineno, star=star)
         f.calls.append(site)
         if method and name == "backward":
             f.backwards.append(Site(f, node, recv, chain, nograd, node.lineno))
@@ -698,8 +711,23 @@ class Program:
         self.module: Func | None = None
         self.tainted_attrs: set[str] = set()
         self.consts: dict = {}
+        self._training: list | None = None
         self.problem: str | None = None
         self.problem_line: int | None = None
+
+    def release(self) -> None:
+        """Break the reference cycles of the model (functions <-> calls, definitions <-> uses) so that
+        reference counting frees it at once, without the cyclic garbage collector."""
+        for f in self.funcs:
+            for items in (f.calls, f.callers, f.backwards, f.accums, f.optimizers, f.blends, f.divisions,
+                          f.lookups, f.returns, f.xors, f.attr_stores):
+                items.clear()
+            f.all_defs.clear()
+            f.prog = f.parent = f.root = None
+        for d in self.defs:
+            d.dep = d.src = None
+        self.funcs, self.defs, self.by_name, self.module = [], [], {}, None
+        self._training = None
 
     # -- labels ---------------------------------------------------------------------------------
     def labels(self, dep: Dep, f: Func) -> int:
@@ -744,21 +772,36 @@ class Program:
             out |= mask & ~own & ~CONST_BITS  # a closure's view of its enclosing function's parameters
         if not mask & own:
             return out
+        for bit, dep in self.bindings(c, g):
+            if mask & bit:
+                out |= self.labels(dep, f)
+        return out
+
+    @staticmethod
+    def bindings(c: CallSite, g: Func) -> list[tuple[int, Dep]]:
+        """(parameter bit, argument) pairs of a call to g: the receiver binds self, `*args` binds every
+        parameter from its position on, `**kwargs` every parameter."""
+        out = c.bound.get(id(g))
+        if out is not None:
+            return out
+        out = []
         params = g.params
         offset = 1 if (c.method and g.cls is not None and params and params[0][0] in ("self", "cls")) else 0
-        if offset and c.recv is not None and mask & params[0][1]:
-            out |= self.labels(c.recv, f)
+        if offset and c.recv is not None:
+            out.append((params[0][1], c.recv))
         for i, a in enumerate(c.args):
             j = i + offset
-            bit = params[j][1] if j < len(params) else g.vararg_bit
-            if mask & bit:
-                out |= self.labels(a, f)
-        if c.kwargs:
-            by_name = dict(params)
-            for k, a in c.kwargs.items():
-                bit = by_name.get(k, g.kwarg_bit) if k else (g.kwarg_bit | g.vararg_bit)
-                if mask & bit:
-                    out |= self.labels(a, f)
+            if c.star >= 0 and i >= c.star:
+                out += [(bit, a) for _, bit in params[j:]] + [(g.vararg_bit, a)]
+            else:
+                out.append((params[j][1] if j < len(params) else g.vararg_bit, a))
+        by_name = dict(params)
+        for k, a in c.kwargs.items():
+            if k is None:
+                out += [(bit, a) for _, bit in params[offset:]] + [(g.kwarg_bit, a)]
+            else:
+                out.append((by_name.get(k, g.kwarg_bit), a))
+        c.bound[id(g)] = out
         return out
 
     @staticmethod
@@ -791,41 +834,66 @@ class Program:
             targets = [g for g in self.by_name[a.id] if g.cls is None and g.name != "<lambda>"]
             if not targets:
                 continue
+            rest = c.node.args[i + 1:]
+            star = next((k for k, x in enumerate(rest) if isinstance(x, ast.Starred)), -1)
             implicit = CallSite(f, c.node, a.id, False, None, c.args[i + 1:], dict(c.kwargs), c.chain, c.nograd,
-                                c.line, targets, c)
+                                c.line, targets, c, star)
             f.calls.append(implicit)
             for g in targets:
                 g.callers.append(implicit)
             return
 
     def fix_summaries(self) -> None:
-        by_func: dict[int, Func] = {}
+        """Labels of every definition, return value and attribute, by a worklist over functions: a
+        function is re-read when a callee's return value, an attribute it reads or a variable of an
+        enclosing scope it reads gained a label."""
+        attr_readers: dict[str, set] = {}
         for f in self.funcs:
-            for defs in f.all_defs.values():
-                for d in defs:
-                    by_func[id(d)] = f
-        for _ in range(20):
-            changed = False
-            for d in self.defs:
-                if d.dep is EMPTY:
-                    continue
-                m = d.labels | self.labels(d.dep, by_func.get(id(d)) or self.module)
-                if m != d.labels:
-                    d.labels = m
-                    changed = True
-            for f in self.funcs:
-                for attr, dep in f.attr_stores:
-                    if attr not in self.tainted_attrs and self.labels(dep, f) & V:
-                        self.tainted_attrs.add(attr)
-                        changed = True
-                ret = 0
-                for dep in f.returns:
-                    ret |= self.labels(dep, f)
-                if ret != f.ret:
-                    f.ret = ret
-                    changed = True
-            if not changed:
-                return
+            attrs: set = set()
+            for d in f.defs:
+                _dep_attrs(d.dep, attrs)
+            for dep in f.returns:
+                _dep_attrs(dep, attrs)
+            for a in attrs:
+                attr_readers.setdefault(a, set()).add(f)
+        queue, queued = list(reversed(self.funcs)), set(self.funcs)
+
+        def push(funcs):
+            for g in funcs:
+                if g not in queued:
+                    queued.add(g)
+                    queue.append(g)
+
+        steps = 0
+        while queue and steps < 50 * len(self.funcs) + 100:
+            steps += 1
+            f = queue.pop()
+            queued.discard(f)
+            grew = False
+            for _ in range(20):
+                moved = False
+                for d in f.defs:
+                    if d.dep is EMPTY:
+                        continue
+                    m = d.labels | self.labels(d.dep, f)
+                    if m != d.labels:
+                        d.labels = m
+                        moved = True
+                if not moved:
+                    break
+                grew = True
+            if grew:
+                push(f.free_readers)
+            for attr, dep in f.attr_stores:
+                if attr not in self.tainted_attrs and self.labels(dep, f) & V:
+                    self.tainted_attrs.add(attr)
+                    push(attr_readers.get(attr, ()))
+            ret = 0
+            for dep in f.returns:
+                ret |= self.labels(dep, f)
+            if ret != f.ret:
+                f.ret = ret
+                push({c.func for c in f.callers})
 
     def fix_contexts(self) -> None:
         for f in self.funcs:
@@ -846,20 +914,10 @@ class Program:
                 return
 
     def _arg_val_bits(self, c: CallSite, g: Func, f: Func) -> int:
-        params = g.params
-        offset = 1 if (c.method and g.cls is not None and params and params[0][0] in ("self", "cls")) else 0
         bits = 0
-        if offset and c.recv is not None and self.is_val(f, self.labels(c.recv, f)):
-            bits |= params[0][1]
-        for i, a in enumerate(c.args):
-            if self.is_val(f, self.labels(a, f)):
-                j = i + offset
-                bits |= params[j][1] if j < len(params) else g.vararg_bit
-        if c.kwargs:
-            names = dict(params)
-            for k, a in c.kwargs.items():
-                if self.is_val(f, self.labels(a, f)):
-                    bits |= names.get(k, g.kwarg_bit) if k else g.kwarg_bit
+        for bit, dep in self.bindings(c, g):
+            if bit and not bits & bit and self.is_val(f, self.labels(dep, f)):
+                bits |= bit
         return bits
 
     def fix_effects(self) -> None:
@@ -967,6 +1025,11 @@ class Program:
         return f.scoring_stmts
 
     def val_training(self) -> list[TrainSite]:
+        if self._training is None:
+            self._training = self._val_training()
+        return self._training
+
+    def _val_training(self) -> list[TrainSite]:
         out = []
         for f in self.funcs:
             for b in f.backwards:
@@ -1058,6 +1121,11 @@ class Program:
 
     def default_of(self, key: str):
         """The default of a configuration key from its definition (`os.environ.get("X", "0")`), or None."""
+        return self.config_of(key)[0]
+
+    def config_of(self, key: str) -> tuple[object, str | None]:
+        """(default, environment variable) of a configuration key defined at class or module level as
+        `key = ...os.environ.get("ENV", default)...`; (None, None) when unknown."""
         for f in self.funcs:
             if not f.name.startswith("<class ") and f.name != "<module>":
                 continue
@@ -1067,12 +1135,12 @@ class Program:
                     continue
                 for n in ast.walk(value):
                     if isinstance(n, ast.Call) and _name_of(n.func) in ("get", "getenv") and len(n.args) >= 2:
-                        arg = n.args[1]
+                        env, arg = n.args[0], n.args[1]
                         if isinstance(arg, ast.Constant):
-                            return arg.value
+                            return arg.value, env.value if isinstance(env, ast.Constant) else None
                 if isinstance(value, ast.Constant):
-                    return value.value
-        return None
+                    return value.value, None
+        return None, None
 
     def _kind(self, f: Func, b: Site) -> str:
         if _mentions_warmup(f, b.chain):
@@ -1099,6 +1167,11 @@ class Program:
             if opt.node.args:
                 trained |= {n.id for n in ast.walk(opt.node.args[0]) if isinstance(n, ast.Name)}
         if not trained or not trained <= local:
+            return False
+        returned = set()
+        for dep in f.returns:
+            returned |= self.dep_names(dep)
+        if trained & returned:  # handed back to the caller, which uses it
             return False
         later = [a for a in f.accums if a.line > b.line and a.nograd and self.is_val(f, self.labels(a.dep, f))]
         later += [c for c in f.calls if c.line > b.line and self.scores_val(c, f)]
@@ -1155,6 +1228,15 @@ def _model_args(c: CallSite) -> list[str]:
 
 _GENERIC = frozenset({"h", "args", "self", "hp", "hparams", "cfg", "config", "__name__", "__main__", "os", "environ",
                       "get", "getattr", "int", "bool", "float", "str", "len", "isinstance", "any", "all"})
+
+
+def _dep_attrs(dep: Dep, out: set) -> None:
+    out.update(dep.attrs)
+    for c in dep.calls:
+        for sub in list(c.args) + list(c.kwargs.values()) + ([c.recv] if c.recv is not None else []):
+            _dep_attrs(sub, out)
+    for site in dep.lookups:
+        _dep_attrs(site.dep, out)
 
 
 def _optimises_leaf(f: Func, opt: CallSite) -> bool:

@@ -20,8 +20,8 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from verifier.codeflow import Program, analyse
 from verifier.pysource import parse
-from verifier.codeflow import analyse_source
 
 __all__ = ["ScriptInfo", "script_info", "unwrap", "load_script_facts", "facts_for_folder", "GENERATED_MARK"]
 
@@ -49,6 +49,8 @@ class ScriptInfo:
     golf_generated: bool = False
     text: str | None = field(default=None, repr=False)  # unwrapped source, for static checks
     problems: list[str] = field(default_factory=list)
+    _parsed: object = field(default=None, repr=False, compare=False)
+    _program: object = field(default=None, repr=False, compare=False)
 
     @property
     def effective_lines(self) -> int:
@@ -59,13 +61,30 @@ class ScriptInfo:
         return self.wrapper not in ("none", "unknown")
 
     @property
-    def program(self):
-        """The validation-data model of the (unwrapped) source: parsed and analysed once per content
-        (verifier.codeflow); None without a source. Line numbers of a wrapped script are lines of
-        its decoded payload (see `line_note`)."""
+    def parsed(self):
+        """verifier.pysource.Parsed of the (unwrapped) source, parsed once; None without a source."""
         if self.text is None:
             return None
-        return program_for(self.text)
+        if self._parsed is None:
+            self._parsed = parse(self.text)
+        return self._parsed
+
+    @property
+    def program(self):
+        """The validation-data model of the (unwrapped) source (verifier.codeflow), built once per
+        content; None without a source. Line numbers of a wrapped script are lines of its decoded
+        payload (see `where`)."""
+        if self.text is None:
+            return None
+        if self._program is None:
+            self._program = program_for(self.text, self)
+        return self._program
+
+    def release(self) -> None:
+        """Drop the syntax tree and the analysis (they hold reference cycles; see verify_folder)."""
+        if self._program is not None:
+            self._program.release()
+        self._program = self._parsed = None
 
     def where(self, line: int | None) -> str:
         """`line N` or, for a self-extracting script, `line N of the decoded payload`."""
@@ -74,23 +93,17 @@ class ScriptInfo:
         return f"line {line} of the decoded {self.wrapper} payload" if self.wrapped else f"line {line}"
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("text", None)
-        return out
+        return {k: v for k, v in asdict(self).items() if k not in ("text", "_parsed", "_program")}
 
 
-_PROGRAMS: dict[str, object] = {}
-
-
-def program_for(text: str):
-    """codeflow.Program of a source text, cached by content (a run verifies each distinct script once)."""
-    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    prog = _PROGRAMS.get(key)
-    if prog is None:
-        if len(_PROGRAMS) > 64:
-            _PROGRAMS.clear()
-        prog = _PROGRAMS[key] = analyse_source(text)
-    return prog
+def program_for(text: str, info: "ScriptInfo | None" = None):
+    """codeflow.Program of a source text (a parse problem becomes Program.problem)."""
+    parsed = info.parsed if info is not None else parse(text)
+    if parsed.tree is None:
+        prog = Program()
+        prog.problem, prog.problem_line = parsed.problem, parsed.line
+        return prog
+    return analyse(parsed.tree)
 
 
 def _line_count(text: str) -> int:

@@ -85,7 +85,7 @@ def _trainer_active(a, prog, c1) -> bool:
     names = {g.name for g in c1.targets}
     for site in prog.val_training():
         if names & set(site.path) and site.kind not in ("warmup", "diagnostic") and site.scored_first is not None:
-            if a.path_state(site.gates)[0] not in ("off", "default-off"):
+            if a.path_state(site.gates, prog)[0] not in ("off", "default-off"):
                 return True
     return False
 
@@ -131,7 +131,7 @@ def val_calibration(a, emit):
         for f, lineno, callee in prog.calibration_reads():
             call = next((c for c in f.calls if c.line == lineno), None)
             gates = prog.gates(f, call.chain) if call is not None else []
-            state, why = a.path_state(gates)
+            state, why = a.path_state(gates, prog)
             line, loc = where(info, lineno)
             emit(f"{callee} is given validation data in {f.name}{loc}" + (f"; dormant: {why}" if state in (
                 "off", "default-off") else ""), file=name, line=line,
@@ -150,13 +150,14 @@ def val_calibration(a, emit):
                    "track. Fires on merged non-record 2026-03-31_LegendreGPT (eval: 500 batches (limited)).")
 def partial_val(a, emit):
     sev = None if a.record_track else "warning"
-    for run in a.runs:
-        s = run.summary
+    logs = [(run.log, run.summary, sev, "") for run in a.runs]
+    logs += [(name, s, "warning", " (a log not counted for any seed)") for name, s in a.other_logs()]
+    for name, s, severity, note in logs:
         limited = [ln for ln in s.partial_eval_lines if s.final is not None and ln < s.final.line]
         if limited:
             emit(f"the log limits the evaluation before its final score (line {limited[-1]}: a subset of the "
-                 f"validation set)", file=run.log, line=limited[-1], severity=sev, seed=run.seed,
-                 final_line=s.final.line if s.final else None)
+                 f"validation set){note}", file=name, line=limited[-1], severity=severity, seed=s.seed,
+                 final_line=s.final.line)
 
 
 _VAL_DOCS_ARG = re.compile(r"val[_-]?docs", re.I)
@@ -168,8 +169,8 @@ def _prep_val_docs(info) -> tuple[int, int] | None:
     text = info.text or ""
     if "train" not in text or "val" not in text or ".bin" not in text:
         return None
-    prog = info.program
-    tree = None if prog is None or prog.problem else prog.module.node
+    parsed = info.parsed
+    tree = parsed.tree if parsed is not None else None
     if tree is None:
         return None
     for node in ast.walk(tree):

@@ -42,7 +42,7 @@ def site_severity(a, site) -> tuple[str, str]:
     """(severity, what the logs say about the path) for an illegal pattern."""
     if site.scored_first is None:
         return "warning", f"{site.func.name} is never called with validation data, so it does not run"
-    state, why = a.path_state(site.gates)
+    state, why = a.path_state(site.gates, site.func.prog)
     if state in ("off", "default-off"):
         return "warning", f"dormant: {why}"
     if state == "on":
