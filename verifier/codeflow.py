@@ -290,6 +290,17 @@ def _target_hash(node, state: dict) -> bool:
     return named[0] != named[1]
 
 
+def _reads_table(node) -> bool:
+    """An operand that reads a table entry: `counts[k]`, `np.maximum(counts[k], 1.0)`."""
+    return any(isinstance(n, ast.Subscript) and isinstance(n.slice, (ast.Name, ast.Tuple, ast.Attribute))
+               for n in ast.walk(node))
+
+
+def _reduction(node) -> bool:
+    """`x.sum(-1)`, `torch.logsumexp(...)`: a division by it normalizes."""
+    return isinstance(node, ast.Call) and _name_of(node.func) in ("sum", "logsumexp", "norm", "mean")
+
+
 def _is_blend(node: ast.BinOp) -> bool:
     """`(1 - a) * x + a * y` in either order."""
     sides = (node.left, node.right)
@@ -614,7 +625,7 @@ class _Builder:
                 dep = _merge([dep, Dep(K)])
             elif op is ast.Div:
                 f.divisions.append(Site(f, node, dep, chain, nograd, node.lineno))
-                if isinstance(node.left, ast.Subscript) and isinstance(node.right, ast.Subscript):
+                if _reads_table(node.left) and _reads_table(node.right) and not _reduction(node.right):
                     dep = _merge([dep, Dep(R)])
             elif op is ast.Add and _is_blend(node):
                 f.blends.append(Site(f, node, dep, chain, nograd, node.lineno))
@@ -768,8 +779,12 @@ class Program:
             return 0
         out = mask & CONST_BITS
         own = g.own_bits
-        if (f.root or f) is (g.root or g):
-            out |= mask & ~own & ~CONST_BITS  # a closure's view of its enclosing function's parameters
+        closure = mask & ~own & ~CONST_BITS  # values a nested function took from its enclosing function
+        if closure:
+            if (f.root or f) is (g.root or g):
+                out |= closure
+            elif closure & (g.root or g).val_in:  # a callback called elsewhere carries what it captured
+                out |= V
         if not mask & own:
             return out
         for bit, dep in self.bindings(c, g):
@@ -826,7 +841,10 @@ class Program:
 
     def _implicit_call(self, c: CallSite, f: Func) -> None:
         """`timed_eval(label, eval_val_ttt, h, model, ...)`: a function passed as an argument is
-        taken to be called with the arguments that follow it."""
+        taken to be called with the arguments that follow it, when the called function forwards them
+        (`*args`) or is unknown; a callback handed to a known function is resolved inside it."""
+        if c.targets and not any(g.vararg_bit for g in c.targets):
+            return
         params = {n for n, _ in f.params}
         for i, a in enumerate(c.node.args):
             if not isinstance(a, ast.Name) or a.id not in self.by_name or a.id in params:
@@ -978,6 +996,8 @@ class Program:
             calls = sorted((c for c in f.calls if c.targets), key=lambda c: c.line)
             trainers = [c for c in calls if self.trains_val(c, f)]
             for c1 in trainers:
+                if not self.scores_val(c1, f):  # no first scoring pass: pre-eval TTT, not a second pass
+                    continue
                 models = _model_args(c1)
                 end = getattr(c1.node, "end_lineno", c1.line) or c1.line
                 for c2 in calls:

@@ -97,7 +97,8 @@ def test_script_facts_option(record, tmp_path):
     key = f"{folder.parent.name}/{folder.name}/train_gpt.py"
     facts.write_text(json.dumps({key: {"bytes": code_len, "lines": 1600, "sha256": "0" * 64, "wrapper": "none"}}))
     out = json.loads(run([folder, "--format", "json", "--script-facts", facts]).output)
-    assert out["summary"]["facts_mode"] and [f["check"] for f in out["findings"]] == ["code.lines"]
+    assert out["summary"]["facts_mode"] and [f["check"] for f in out["findings"]] == []
+    assert {"check": "ttt.static", "reason": "script source not available (script facts only)"} in out["skipped"]
     assert run([folder, "--script-facts", tmp_path / "nope.json"]).exit_code == 2
 
 
