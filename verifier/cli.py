@@ -6,6 +6,7 @@ Exit codes: 0 pass, 1 findings at error level, 2 usage error or unreadable input
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -129,13 +130,15 @@ def _emit(reports: list[Report], fmt: str, color) -> None:
               help="Verify every record folder under the FOLDERS given (every direct child of records/track_*/, "
                    "whatever it holds); GitHub annotations; exit 1 on any error; pending folders are reported as "
                    "pending.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="With --ci: folders verified in parallel by this many processes (default: the CPUs available).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="With --ci: also write an audit table, one row per record (score, seeds, artifact, verdict, "
                    "findings with file:line), as Markdown (.md) or HTML (.html).")
 @click.version_option(__version__, prog_name="golf-verify")
 @click.pass_context
 def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, script_facts, color, rerun, smoke,
-         seeds, nproc, data_path, tokenizer_path, timeout, tolerance, env_items, probe, ci, report_path):
+         seeds, nproc, data_path, tokenizer_path, timeout, tolerance, env_items, probe, ci, jobs, report_path):
     """Verify Parameter Golf record FOLDERS without running their code (or, with --rerun, by running it)."""
     given = [x for x in (against, sota_loss, sota_bpb) if x is not None]
     if len(given) > 1:
@@ -155,8 +158,8 @@ def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, scrip
         raise click.UsageError(f"--against/--sota-loss/--sota-bpb cannot be combined with {modes[0]}")
     if (rerun or probe) and len(folders) != 1:
         raise click.UsageError(f"{modes[0]} takes exactly one record folder")
-    if report_path and not ci:
-        raise click.UsageError("--report only with --ci")
+    if (report_path or jobs) and not ci:
+        raise click.UsageError(f"{'--report' if report_path else '--jobs'} only with --ci")
     if report_path and not report_path.lower().endswith((".md", ".html", ".htm")):
         raise click.UsageError(f"--report {report_path}: expected a .md or .html file name")
     facts = None
@@ -177,7 +180,8 @@ def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, scrip
     if ci:
         if ctx.get_parameter_source("fmt") == ParameterSource.DEFAULT:
             fmt = "github"
-        _ci(folders, policy=policy, profile=prof, facts=facts, fmt=fmt, color=color, report_path=report_path)
+        _ci(folders, policy=policy, profile=prof, facts=facts, fmt=fmt, color=color, report_path=report_path,
+            jobs=jobs)
     for folder in folders:
         if not rerun and not probe and holds_records(folder):
             n = len(record_folders(folder))
@@ -246,7 +250,30 @@ def _probe(folder, *, nproc, data_path, tokenizer_path, timeout, fmt, color) -> 
     sys.exit(report.exit_code)
 
 
-def _ci(roots, *, policy, profile, facts, fmt, color, report_path=None) -> None:
+def _verify_one(folder, policy, profile, facts):
+    """One --ci folder: ("ok", Report) or ("broken", message); run in a worker process."""
+    try:
+        return "ok", verify_folder(folder, policy=policy, profile=profile, script_facts=facts, display=str(folder))
+    except VerifyError as exc:
+        return "broken", str(exc)
+
+
+def _verify_many(folders, *, policy, profile, facts, jobs) -> list:
+    """Results in folder order; several folders are verified in parallel worker processes."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(len(folders), jobs or cpus)
+    args = [(f, policy, profile, facts) for f in folders]
+    if workers < 2 or len(folders) < 4:
+        return [_verify_one(*a) for a in args]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        return list(pool.map(_verify_one, *zip(*args), chunksize=max(1, len(args) // (4 * workers))))
+
+
+def _ci(roots, *, policy, profile, facts, fmt, color, report_path=None, jobs=None) -> None:
     folders = []
     for root in roots:
         if not Path(root).is_dir():
@@ -258,12 +285,12 @@ def _ci(roots, *, policy, profile, facts, fmt, color, report_path=None) -> None:
                    f"records/track_*/<run>/ or folders holding submission.json, a script or a log)", err=True)
         sys.exit(2)
     reports, broken = [], []
-    for folder in folders:
-        try:
-            reports.append(verify_folder(folder, policy=policy, profile=profile, script_facts=facts,
-                                         display=str(folder)))
-        except VerifyError as exc:
-            broken.append((str(folder), str(exc)))
+    for folder, (kind, result) in zip(folders, _verify_many(folders, policy=policy, profile=profile, facts=facts,
+                                                            jobs=jobs)):
+        if kind == "ok":
+            reports.append(result)
+        else:
+            broken.append((str(folder), result))
     if reports:
         _emit(reports, fmt, color)
     verdicts = {"pass": [], "pending": [], "fail": []}

@@ -1057,7 +1057,7 @@ class Program:
                 if not self.is_val(f, mask):
                     continue
                 verdict, path, gates = self._scored_first(f, b.chain, mask, frozenset(), [f.name])
-                out.append(TrainSite(f, b.line, self._kind(f, b), verdict, _epochs(b.chain),
+                out.append(TrainSite(f, b.line, self._kind(f, b), verdict, self._epochs_on_path(b.chain, path),
                                      self._causal_hint(f, b), gates, path))
         return out
 
@@ -1161,6 +1161,16 @@ class Program:
                 if isinstance(value, ast.Constant):
                     return value.value, None
         return None, None
+
+    def _epochs_on_path(self, chain: tuple, path: list) -> bool:
+        """An epoch loop around the site, in its function or in a caller on the decisive path."""
+        if _epochs(chain):
+            return True
+        for callee, caller in zip(path, path[1:]):
+            for g in self.by_name.get(callee, ()):
+                if any(c.func.name == caller and _epochs(c.chain) for c in g.callers):
+                    return True
+        return False
 
     def _kind(self, f: Func, b: Site) -> str:
         if _mentions_warmup(f, b.chain):

@@ -674,6 +674,7 @@ class Family:
 
 _DIGITS = tuple("0123456789")
 FAMILIES: tuple[Family, ...] = (
+    Family("eval-limited", (), None, _eval_limited, when=lambda t: "(limited)" in t and "eval" in t.lower()),
     Family("hparams-block-item", (" ", "\t"), None, _block_item),
     Family("step", ("step:",), _STEP_OLD, _step_old, need_match=True),
     Family("step-later", _DIGITS, _STEP_NEW, _step_new, need_match=True),
@@ -706,7 +707,6 @@ FAMILIES: tuple[Family, ...] = (
     Family("val-loader", ("val_loader:",), _VAL_SHARDS, _val_loader),
     Family("val-tokens", ("val_tokens", "val tokens"), _VAL_TOKENS, _val_tokens),
     Family("train-shards", ("train_shards", "train_loader:"), None, _train_shards),
-    Family("eval-limited", (), None, _eval_limited, when=lambda t: "(limited)" in t and "eval" in t.lower()),
     Family("world-size", ("world_size",), _WORLD, _world),
     Family("gpu-row", ("|",), _GPU_ROW, _gpu_row, when=lambda t: "NVIDIA" in t),
     Family("torch-version", ("Running ", "PyTorch "), _TORCH, _torch),

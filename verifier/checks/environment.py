@@ -9,9 +9,9 @@ from verifier.checks import check
 from verifier.checks.ttt import not_checked, where
 
 NETWORK = (
-    (re.compile(r"^\s*(?:import|from)\s+(requests|urllib3|httpx|aiohttp|socket|ftplib|paramiko)\b", re.M),
+    (re.compile(r"^[ \t]*(?:import|from)[ \t]+(requests|urllib3|httpx|aiohttp|socket|ftplib|paramiko)\b", re.M),
      "network library"),
-    (re.compile(r"^\s*(?:import|from)\s+(urllib\.request|http\.client|huggingface_hub|datasets)\b", re.M),
+    (re.compile(r"^[ \t]*(?:import|from)[ \t]+(urllib\.request|http\.client|huggingface_hub|datasets)\b", re.M),
      "network / hub module"),
     (re.compile(r"\b(urlopen|hf_hub_download|snapshot_download|load_dataset|HfApi|requests\.(?:get|post))\s*\("),
      "network / hub call"),
