@@ -84,7 +84,8 @@ def run_checks(analysis, only: Iterable[str] | None = None) -> list[Finding]:
                                     hint=internal.hint, rule=internal.rule))
             continue
         findings.extend(emit.findings)
-    if analysis.folder.golf_pack:
+    folder = getattr(analysis, "folder", None)  # the rerun checks run on a stand-in without a folder
+    if folder is not None and folder.golf_pack:
         _golf_pack_hints(analysis, findings)
     return findings
 
