@@ -170,9 +170,10 @@ class Analysis:
             self._commands = "\n".join(parts)
         return self._commands
 
-    def path_state(self, gates: list, prog=None) -> tuple[str, str]:
+    def path_state(self, gates: list, prog=None, prints: set | None = None) -> tuple[str, str]:
         """Did a code path guarded by these flags run? ("off" | "on" | "default-off" | "unknown", why).
-        Evidence: the flags the logs print, then the environment the record's README / run scripts set."""
+        Evidence: the flags the logs print, lines that the path prints (`prints`: their prefixes), then
+        the environment the record's README / run scripts set."""
         logs = self.logs_for_runs()
         for key, _ in gates:
             values = [lg.hparams[key] for lg in logs if key in lg.hparams]
@@ -182,6 +183,9 @@ class Analysis:
             values = [lg.hparams[key] for lg in logs if key in lg.hparams]
             if values and any(str(v).strip().lower() in ("true", "1") for v in values):
                 return "on", f"{key}: {values[0]} in the logs"
+        seen = sorted({p for lg in logs for p in lg.line_prefixes} & (prints or set()))
+        if seen:
+            return "on", f"the logs hold the lines it prints ({seen[0]}:...)"
         for key, default in gates:
             if default is None or not _falsy(default) or any(key in lg.hparams for lg in logs):
                 continue

@@ -201,6 +201,7 @@ class TrainSite:
     causal_hint: bool  # SLOT: the optimised loss reads only context (already scored) positions
     gates: list
     path: list  # function names from the site up to where it was decided
+    local_gates: list = field(default_factory=list)  # the flags tested around the site in its own function
 
 
 def _name_of(node) -> str:
@@ -1058,7 +1059,7 @@ class Program:
                     continue
                 verdict, path, gates = self._scored_first(f, b.chain, mask, frozenset(), [f.name])
                 out.append(TrainSite(f, b.line, self._kind(f, b), verdict, self._epochs_on_path(b.chain, path),
-                                     self._causal_hint(f, b), gates, path))
+                                     self._causal_hint(f, b), gates, path, self.gates(f, b.chain)))
         return out
 
     def _scored_first(self, f: Func, chain: tuple, mask: int, seen: frozenset, path: list):
@@ -1105,6 +1106,22 @@ class Program:
         if not callers or f in seen or len(seen) > 8:
             return not callers
         return all(self._called_in_loop(x, seen | {f}) for x in callers)
+
+    def log_prefixes(self, names) -> set[str]:
+        """`ttt_sliding:`-style prefixes of the lines the named functions print: if a log holds such a
+        line, the function ran."""
+        out = set()
+        for name in names:
+            for f in self.by_name.get(name, ()):
+                for c in f.calls:
+                    if c.method or c.name not in LOGGING:
+                        continue
+                    for n in ast.walk(c.node):
+                        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                            m = _LOG_PREFIX.match(n.value)
+                            if m:
+                                out.add(m.group(1))
+        return out
 
     def gates(self, f: Func, chain: tuple) -> list[tuple[str, object]]:
         """(key, default) of the flags tested by the `if` statements around a point: `h.ttt_enabled`,
@@ -1233,6 +1250,7 @@ class Program:
 
 
 _CALIB = re.compile(r"calib|hessian|gptq", re.I)
+_LOG_PREFIX = re.compile(r"^([a-z][a-z0-9_]{1,40}):")
 
 
 def _exclusive(chain1: tuple, chain2: tuple) -> bool:

@@ -82,6 +82,7 @@ _VOCAB = re.compile(r"(?:^|\s)vocab_size[:=]\s?(" + _INT + r")\b")
 _WORLD = re.compile(r"^\s*world_size[:=]\s?(" + _INT + r")\b")
 _GPU_ROW = re.compile(r"^\|\s{1,8}(\d{1,2})\s{1,8}((?:NVIDIA|Tesla) [^|]{0,60}?)\s{2,40}(?:On|Off)\s{1,8}\|")
 _TORCH = re.compile(r"^(?:Running (?:Python \S+ )?)?PyTorch (\S+)(?: device:(.+))?$")
+_PREFIX = re.compile(r"^([a-z][a-z0-9_]{1,40}):")
 _TRAIN_SHARDS = re.compile(r"\btrain_shards[:=]\s?(" + _INT + r")\b")
 _HPARAM = re.compile(r"^hparam ([A-Za-z_]\w{0,80})=(.*)$")
 _BLOCK_ITEM = re.compile(r"^\s+([A-Za-z_]\w{0,80}): ?(.*)$")
@@ -173,6 +174,7 @@ class LogSummary:
     train_shards: int | None = None  # training shards the run saw (a data-preparation fingerprint, #2127)
     train_shards_line: int | None = None
     partial_eval_lines: list[int] = field(default_factory=list)  # `eval: N batches (limited)`
+    line_prefixes: list[str] = field(default_factory=list)  # `ttt_sliding:`, `ttp:` ...: what printed the lines
     tokenizer: str | None = None
     vocab_size: int | None = None
     hparams: dict[str, str] = field(default_factory=dict)
@@ -753,6 +755,7 @@ def _read(s: LogSummary, text: str) -> None:
     s.echo_lines_skipped = len(skip)
     st = _State(s)
     timestamps = []
+    prefixes: set[str] = set()
     for idx, raw in enumerate(lines):
         if idx in skip:
             continue
@@ -763,7 +766,11 @@ def _read(s: LogSummary, text: str) -> None:
             continue
         if line[0] not in " \t":
             st.in_block = False
+            m = _PREFIX.match(line)
+            if m and len(prefixes) < 500:
+                prefixes.add(m.group(1))
         _offer(st, _Line(line, line.lower() if line[0] in "gG" else "", idx + 1, idx, ts))
+    s.line_prefixes = sorted(prefixes)
     _finish(s, st, lines, timestamps)
 
 

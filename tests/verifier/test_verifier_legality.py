@@ -66,6 +66,13 @@ def test_a_path_switched_off_in_the_logs_is_only_a_warning(record):
     readme = {"README.md": "Run:\n\n    TTT_ENABLED=1 torchrun --nproc_per_node=8 train_gpt.py\n"}
     (i,) = verify_folder(folder_with(record, default_off, "2026-05-01_Readme", extra=readme)).by_check("ttt.static")
     assert i.severity == "error" and "sets TTT_ENABLED=1" in i.message
+    printing = default_off.replace("def run_epoch(model, opt, toks, seq_len):\n",
+                                   "def run_epoch(model, opt, toks, seq_len):\n    print('ttt_epoch:start')\n")
+    logs = {"train_seed42.log": "ttt_epoch:start\n" + early_log(seed=42, val_bpb=1.20101234,
+                                                                 val_loss=1.20101234 / 0.592257,
+                                                                 code=len(printing.encode()))}
+    (j,) = verify_folder(folder_with(record, printing, "2026-05-01_Prints", logs=logs)).by_check("ttt.static")
+    assert j.severity == "error" and "the logs hold the lines it prints (ttt_epoch:...)" in j.message
 
 
 def test_a_self_extracting_script_is_read_and_located_in_its_payload(record):

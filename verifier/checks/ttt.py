@@ -42,7 +42,10 @@ def site_severity(a, site) -> tuple[str, str]:
     """(severity, what the logs say about the path) for an illegal pattern."""
     if site.scored_first is None:
         return "warning", f"{site.func.name} is never called with validation data, so it does not run"
-    state, why = a.path_state(site.gates, site.func.prog)
+    prog = site.func.prog
+    # lines its function prints show the site ran only when nothing in that function guards it
+    prints = prog.log_prefixes(site.path[:1]) if prog is not None and not site.local_gates else None
+    state, why = a.path_state(site.gates, prog, prints)
     if state in ("off", "default-off"):
         return "warning", f"dormant: {why}"
     if state == "on":
