@@ -1161,11 +1161,12 @@ class Program:
         return self.config_of(key)[0]
 
     def config_of(self, key: str) -> tuple[object, str | None]:
-        """(default, environment variable) of a configuration key defined at class or module level as
-        `key = ...os.environ.get("ENV", default)...`; (None, None) when unknown."""
-        for f in self.funcs:
-            if not f.name.startswith("<class ") and f.name != "<module>":
-                continue
+        """(default, environment variable) of a configuration key defined as `key = ...os.environ.get(
+        "ENV", default)...` (a class attribute, a module constant or a local flag); (None, None) when
+        unknown. Class and module definitions come first."""
+        scopes = sorted(self.funcs, key=lambda g: not (g.name.startswith("<class ") or g.name == "<module>"))
+        for f in scopes:
+            config_scope = f.name.startswith("<class ") or f.name == "<module>"
             for d in f.all_defs.get(key, ()):
                 value = getattr(d.src, "value", None)
                 if value is None:
@@ -1173,9 +1174,9 @@ class Program:
                 for n in ast.walk(value):
                     if isinstance(n, ast.Call) and _name_of(n.func) in ("get", "getenv") and len(n.args) >= 2:
                         env, arg = n.args[0], n.args[1]
-                        if isinstance(arg, ast.Constant):
-                            return arg.value, env.value if isinstance(env, ast.Constant) else None
-                if isinstance(value, ast.Constant):
+                        if isinstance(arg, ast.Constant) and isinstance(env, ast.Constant):
+                            return arg.value, env.value
+                if config_scope and isinstance(value, ast.Constant):  # a local `step = 0` is not a setting
                     return value.value, None
         return None, None
 

@@ -34,8 +34,8 @@ def _programs(a):
                    "or a target y XORed into a context hash) indexes a table whose value then enters a "
                    "probability (a division or a (1-a)*p + a*q blend) during evaluation: the score reads a "
                    "count for the target token only. Updates keyed that way after scoring (np.add.at, +=) are "
-                   "legal and not reported. Fires on rejected PRs #702, #776, #779, #797 and #860; no merged "
-                   "record (the merged token tilt of 2026-04-09_A2_Muon097_3Seed reads a context-only hint "
+                   "legal and not reported. Fires on rejected PRs #702, #776, #779, #797, #860 and #1322; no "
+                   "merged record (the merged token tilt of 2026-04-09_A2_Muon097_3Seed reads a context-only hint "
                    "and renormalizes).")
 def ngram_target(a, emit):
     if not_checked(a, "legal.ngram-target"):
@@ -61,7 +61,8 @@ def ngram_target(a, emit):
        description="A blend (1-a)*x + a*y on validation data where one side is a ratio of two table lookups "
                    "(count / count) computed for one token: a warning (the distribution it implies need not sum "
                    "to 1); an error when the count is keyed on the target (then legal.ngram-target fires as "
-                   "well). Fires on rejected PRs #779 and #797; no merged record.")
+                   "well). Fires on rejected PRs #702, #776, #779, #797, #1322 (error) and #330, #972 (warning); no "
+                   "merged record.")
 def mixture(a, emit):
     if not_checked(a, "legal.mixture"):
         return
@@ -99,7 +100,9 @@ def _trainer_active(a, prog, c1) -> bool:
                    "the same model and not in another branch, by a call that scores validation data again: an "
                    "error when that second score is logged as a final line (final_*, quantized_*, legal_ttt*), "
                    "a warning for a diagnostic re-evaluation. Dormant or diagnostic-only training is not "
-                   "counted. Fires on rejected PRs #991, #1128, #1306, #1482 and #1517; no merged record.")
+                   "counted; training with no first scoring pass is ttt.static's (pre-eval TTT). Fires on "
+                   "rejected PRs #991, #1229 and #297 (error) and #1128 (diagnostic pass, warning); no merged "
+                   "record.")
 def rescore(a, emit):
     if not_checked(a, "legal.rescore"):
         return
@@ -122,8 +125,9 @@ def rescore(a, emit):
        hint="Calibrate on training data within the training budget, or on self-generated sequences.",
        description="A calibration routine (a function named like calib/hessian/gptq) is called with validation "
                    "data, or loads validation data itself. Dormant paths (flag off in the logs or by default) "
-                   "are warnings. Fires on rejected PRs #330 (dormant) and #1329; not on 2026-03-25_ValCalib_"
-                   "GPTQ_XSA_BigramHash3072, which calibrates on self-generated tokens despite its name.")
+                   "are warnings. Fires on rejected PRs #330 (its README runs GPTQ_ENABLED=1) and #1329; not on "
+                   "2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072, which calibrates on self-generated tokens "
+                   "despite its name.")
 def val_calibration(a, emit):
     if not_checked(a, "legal.val-calibration"):
         return
@@ -133,8 +137,8 @@ def val_calibration(a, emit):
             gates = prog.gates(f, call.chain) if call is not None else []
             state, why = a.path_state(gates, prog)
             line, loc = where(info, lineno)
-            emit(f"{callee} is given validation data in {f.name}{loc}" + (f"; dormant: {why}" if state in (
-                "off", "default-off") else ""), file=name, line=line,
+            note = {"off": f"; dormant: {why}", "default-off": f"; dormant: {why}", "on": f"; it ran: {why}"}
+            emit(f"{callee} is given validation data in {f.name}{loc}" + note.get(state, ""), file=name, line=line,
                  severity="warning" if state in ("off", "default-off") else None, function=f.name, callee=callee)
 
 
@@ -199,7 +203,7 @@ def _prep_val_docs(info) -> tuple[int, int] | None:
                    "written from the documents after it: a warning (the record may have used canonical "
                    "shards; its logs say which). Fires (warning) on the merged CaseOps records from "
                    "2026-04-19 on, whose logs show the canonical train_shards: 80; the error fires on "
-                   "rejected PRs #2018 and #2130.")
+                   "rejected PRs #1967 and #2130 (train_shards: 1499), the warning on #2018.")
 def train_val_overlap(a, emit):
     canonical = load_canonical()
     tokenizers = canonical["tokenizers"]

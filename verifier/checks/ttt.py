@@ -80,8 +80,11 @@ def emit_site(a, emit, name, info, site, what: str, severity: str | None = None,
                    "the phased global SGD on already-scored documents). Otherwise it is pre-eval TTT: an error, "
                    "or a warning when the path is dormant (its flag is off in the logs or by default) or "
                    "never called. A module created and trained on validation data that nothing scores "
-                   "afterwards (a diagnostic probe) is a warning. Fires on rejected PRs #672, #1482, #1487, "
-                   "#1517 and #150; no merged record.")
+                   "afterwards (a diagnostic probe) is a warning. The logs decide whether it ran: the flag in the "
+                   "logs, lines the function prints, or the environment the README / run script sets. Fires on "
+                   "rejected PRs #150, #297, #298, #330, #672, #702, #776, #1306, #1376, #1482, #1487, #1488 and "
+                   "#1517; on merged records only as the diagnostic warning of 2026-03-26_37M_LeWM_Jepa (a "
+                   "linear probe trained on validation hidden states).")
 def ttt_static(a, emit):
     if not_checked(a, "ttt.static"):
         return
@@ -107,8 +110,9 @@ def ttt_static(a, emit):
                    "optimised loss reads only context positions (names like ctx/context/prefix: the "
                    "context-only variant of issue #1336) it is a warning. Dormant paths are warnings. Fires on "
                    "rejected PRs #1128, #1229, #1240, #1321, #1324, #1376 (error) and #1306, #1322, #1333 "
-                   "(context-only); dormant in merged records 2026-03-31_ParallelResiduals_MiniDepthRecurrence "
-                   "(SLOT) and 2026-04-09_A2_Muon097_3Seed (ETLB).")
+                   "(context-only); dormant (warning) in merged records "
+                   "2026-03-31_ParallelResiduals_MiniDepthRecurrence (SLOT) and 2026-04-09_A2_Muon097_3Seed "
+                   "(context-only ETLB).")
 def legal_slot(a, emit):
     if not_checked(a, "legal.slot"):
         return
