@@ -94,6 +94,16 @@ class Dep:
 EMPTY = Dep()
 
 
+def _merge2(a: Dep, b: Dep) -> Dep:
+    """_merge of two (the common case), without building lists."""
+    if b is EMPTY:
+        return a
+    if a is EMPTY:
+        return b
+    return Dep(a.const | b.const, a.uses + b.uses, a.attrs + b.attrs if b.attrs else a.attrs, a.calls + b.calls,
+               a.lookups + b.lookups)
+
+
 def _merge(deps) -> Dep:
     deps = [d for d in deps if d is not EMPTY]
     if not deps:
@@ -607,18 +617,18 @@ class _Builder:
             base = self.expr(node.value, ctx, chain, nograd)
             if node.attr in SHAPE_ATTRS:
                 return EMPTY
-            return _merge([base, Dep(0, (), (node.attr,))])
+            return Dep(base.const, base.uses, base.attrs + (node.attr,), base.calls, base.lookups)
         if t is ast.Call:
             return self.call(node, ctx, chain, nograd)
         if t is ast.Subscript:
             index = self.expr(node.slice, ctx, chain, nograd)
-            dep = _merge([self.expr(node.value, ctx, chain, nograd), index])
+            dep = _merge2(self.expr(node.value, ctx, chain, nograd), index)
             if not store and index is not EMPTY:
                 ctx.f.lookups.append(Site(ctx.f, node, index, chain, nograd, node.lineno))
                 return _merge([dep, Dep(0, (), (), (), (ctx.f.lookups[-1],))])
             return dep
         if t is ast.BinOp:
-            dep = _merge([self.expr(node.left, ctx, chain, nograd), self.expr(node.right, ctx, chain, nograd)])
+            dep = _merge2(self.expr(node.left, ctx, chain, nograd), self.expr(node.right, ctx, chain, nograd))
             op = type(node.op)
             f = ctx.f
             if op is ast.BitXor and _target_hash(node, ctx.state):
