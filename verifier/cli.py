@@ -269,6 +269,13 @@ def _verify_many(folders, *, policy, profile, facts, jobs) -> list:
     from concurrent.futures import ProcessPoolExecutor
 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
+    if method == "fork":  # what every worker needs is loaded once, before the fork
+        from verifier.checks.schema import schema_validator
+
+        try:
+            schema_validator("legacy"), schema_validator("strict")
+        except ImportError:
+            pass
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         return list(pool.map(_verify_one, *zip(*args), chunksize=max(1, len(args) // (4 * workers))))
 
