@@ -1142,8 +1142,8 @@ class Program:
         for owner, block, _ in chain:
             if not (isinstance(owner, ast.If) and block is owner.body):
                 continue
-            for x in _idents(owner.test):
-                if not x.isidentifier() or x in _GENERIC:
+            for x in _flags(owner.test):
+                if x in _GENERIC or x in _RUNTIME:
                     continue
                 out.append((x, self.default_of(x)))
                 for d in f.all_defs.get(x, ()):
@@ -1261,6 +1261,21 @@ class Program:
 
 
 _CALIB = re.compile(r"calib|hessian|gptq", re.I)
+_RUNTIME = frozenset({"world_size", "rank", "local_rank", "distributed", "master_process", "is_main_process",
+                      "device", "cuda"})  # set by the launcher, not by the record's configuration
+
+
+def _flags(test) -> list[str]:
+    """The flags whose truth an `if` test needs: `if h.ttt_enabled`, `if use_slot and args.x`,
+    `if getattr(args, "slot", False)`. Comparisons and `or` say nothing about one flag being off."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return [x for v in test.values for x in _flags(v)]
+    if isinstance(test, (ast.Name, ast.Attribute)):
+        return [_name_of(test)]
+    if isinstance(test, ast.Call) and _name_of(test.func) in ("getattr", "bool", "int"):
+        return [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else _name_of(a)
+                for a in test.args[:2] if _name_of(a) or isinstance(a, ast.Constant)]
+    return []
 _LOG_PREFIX = re.compile(r"^([a-z][a-z0-9_]{1,40}):")
 
 

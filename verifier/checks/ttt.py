@@ -50,6 +50,8 @@ def site_severity(a, site) -> tuple[str, str]:
         return "warning", f"dormant: {why}"
     if state == "on":
         return "error", f"it ran: {why}"
+    if not a.folder.logs:
+        return "error", "no logs yet to show it switched off"
     return "error", "the logs do not show it switched off"
 
 
