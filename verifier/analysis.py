@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
-from verifier.folder import RecordFolder, SubmissionFile
+from verifier.artifact import Loaded, loaded_files
+from verifier.folder import MANIFEST, RecordFolder, SubmissionFile, read_bytes
 from verifier.logs import LogSummary, Score
 from verifier.stats import Policy
 from verifier.submission import Claims, SeedClaim, number_decimals, read_claims
@@ -92,6 +94,8 @@ class Analysis:
     comparison_error: str | None = None
     significance: dict | None = None
     skipped: list[dict] = field(default_factory=list)
+    _loaded: list | None = None
+    _commands: str | None = None
 
     @property
     def strict(self) -> bool:
@@ -116,6 +120,82 @@ class Analysis:
 
     def skip(self, check: str, reason: str) -> None:
         self.skipped.append({"check": check, "reason": reason})
+
+    @property
+    def loaded(self) -> list[Loaded]:
+        """Shipped files the training script loads at run time (verifier.artifact), transitively."""
+        if self._loaded is None:
+            folder = self.folder
+            root = folder.main_script or folder.code_script
+            if root is None or folder.facts_mode:
+                self._loaded = []
+            else:
+                sources = {n: i.text for n, i in folder.scripts.items() if i.text}
+                not_candidates = set(folder.logs) | {sub.name for sub in folder.submissions} | {MANIFEST}
+                files = {n: size for n, size in folder.files.items()
+                         if n not in not_candidates and not n.lower().startswith(("readme", "requirements"))}
+                self._loaded = loaded_files(root, sources, files)
+        return self._loaded
+
+    def programs(self) -> list[tuple[str, object]]:
+        """(name, ScriptInfo) of the code script and of every .py helper it loads, with their sources."""
+        names = [self.folder.code_script] if self.folder.code_script else []
+        names += [x.name for x in self.loaded if x.name.endswith(".py") and x.name not in names]
+        infos = [(n, self.folder.scripts.get(n)) for n in names]
+        return [(n, i) for n, i in infos if i is not None and i.text is not None]
+
+    def other_logs(self) -> list[tuple[str, LogSummary]]:
+        """Logs not counted for any seed (not a run's log nor its companion): --ci checks them too."""
+        used = {r.log for r in self.runs} | {c for r in self.runs for c in r.companions}
+        return [(n, self.folder.logs[n]) for n in sorted(self.folder.logs) if n not in used]
+
+    def logs_for_runs(self) -> list[LogSummary]:
+        """The seed logs counted for the submission, else every log of the folder."""
+        names = [r.log for r in self.runs] or sorted(self.folder.logs)
+        return [self.folder.logs[n] for n in names]
+
+    def run_commands(self) -> str:
+        """README and shell scripts of the folder (the commands the record says it ran), as one text."""
+        if self._commands is None:
+            parts = []
+            for name in sorted(self.folder.files):
+                low = name.lower()
+                if "/" not in name and (low.startswith("readme") or low.endswith(".sh")):
+                    try:
+                        data = read_bytes(self.folder.root / name, 1 << 20)
+                    except OSError:
+                        data = None
+                    if data:
+                        parts.append(data.decode("utf-8", errors="replace"))
+            self._commands = "\n".join(parts)
+        return self._commands
+
+    def path_state(self, gates: list, prog=None, prints: set | None = None) -> tuple[str, str]:
+        """Did a code path guarded by these flags run? ("off" | "on" | "default-off" | "unknown", why).
+        Evidence: the flags the logs print, lines that the path prints (`prints`: their prefixes), then
+        the environment the record's README / run scripts set."""
+        logs = self.logs_for_runs()
+        for key, _ in gates:
+            values = [lg.hparams[key] for lg in logs if key in lg.hparams]
+            if values and all(_falsy(v) for v in values):
+                return "off", f"{key}: {values[0]} in {'every seed log' if len(values) > 1 else 'the log'}"
+        for key, _ in gates:
+            values = [lg.hparams[key] for lg in logs if key in lg.hparams]
+            if values and any(str(v).strip().lower() in ("true", "1") for v in values):
+                return "on", f"{key}: {values[0]} in the logs"
+        seen = sorted({p for lg in logs for p in lg.line_prefixes} & (prints or set()))
+        if seen:
+            return "on", f"the logs hold the lines it prints ({seen[0]}:...)"
+        for key, default in gates:
+            if default is None or not _falsy(default) or any(key in lg.hparams for lg in logs):
+                continue
+            env = prog.config_of(key)[1] if prog is not None else None
+            sets = [v for v in re.findall(r"\b" + re.escape(env) + r"=([\w.]+)", self.run_commands())] if env else []
+            on = next((v for v in sets if not _falsy(v)), None)
+            if on is not None:
+                return "on", f"the record's README or run script sets {env}={on}"
+            return "default-off", f"{key} is off by default ({default!r}) and no log sets it"
+        return "unknown", ""
 
     def companion_value(self, run: Run, attr: str):
         for name in [run.log] + run.companions:
@@ -244,6 +324,10 @@ def analyse(folder: RecordFolder, display: str, policy: Policy, profile: str | N
                  track=track, track_source=source, policy=policy)
     _select_runs(a)
     return a
+
+
+def _falsy(value) -> bool:
+    return str(value).strip().lower() in ("false", "0", "0.0", "", "none", "off", "no")
 
 
 def finite(x) -> bool:

@@ -6,6 +6,7 @@ Exit codes: 0 pass, 1 findings at error level, 2 usage error or unreadable input
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import click
 from click.core import ParameterSource
 
 from verifier import VerifyError, __version__, load_script_facts, verify_folder
-from verifier.report import Report, _escape_data, _escape_prop, render_github, render_json, render_text
+from verifier.folder import holds_records, record_folders
+from verifier.report import Report, _escape_data, _escape_prop, render_audit, render_github, render_json, render_text
 from verifier.stats import DEFAULT_POLICY, available_policies
 
 _SEEDS_VALUE = re.compile(r"\d{1,15}(?:,\d{1,15})*")
@@ -128,12 +130,18 @@ def _emit(reports: list[Report], fmt: str, color) -> None:
                    "train_gpt.py three or four times on CPU with the tiny dataset, in a temporary copy, offline "
                    "(about a minute on two cores; executes the submission's code).")
 @click.option("--ci", is_flag=True,
-              help="Verify every record folder (one with submission.json or train_gpt.py) under the FOLDERS given; "
-                   "GitHub annotations; exit 1 on any error; pending folders are reported as pending.")
+              help="Verify every record folder under the FOLDERS given (every direct child of records/track_*/, "
+                   "whatever it holds); GitHub annotations; exit 1 on any error; pending folders are reported as "
+                   "pending.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="With --ci: folders verified in parallel by this many processes (default: the CPUs available).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="With --ci: also write an audit table, one row per record (score, seeds, artifact, verdict, "
+                   "findings with file:line), as Markdown (.md) or HTML (.html).")
 @click.version_option(__version__, prog_name="golf-verify")
 @click.pass_context
 def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, script_facts, color, rerun, smoke,
-         seeds, nproc, data_path, tokenizer_path, timeout, tolerance, env_items, probe, ci):
+         seeds, nproc, data_path, tokenizer_path, timeout, tolerance, env_items, probe, ci, jobs, report_path):
     """Verify Parameter Golf record FOLDERS without running their code (or, with --rerun, by running it)."""
     given = [x for x in (against, sota_loss, sota_bpb) if x is not None]
     if len(given) > 1:
@@ -153,6 +161,10 @@ def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, scrip
         raise click.UsageError(f"--against/--sota-loss/--sota-bpb cannot be combined with {modes[0]}")
     if (rerun or probe) and len(folders) != 1:
         raise click.UsageError(f"{modes[0]} takes exactly one record folder")
+    if (report_path or jobs) and not ci:
+        raise click.UsageError(f"{'--report' if report_path else '--jobs'} only with --ci")
+    if report_path and not report_path.lower().endswith((".md", ".html", ".htm")):
+        raise click.UsageError(f"--report {report_path}: expected a .md or .html file name")
     facts = None
     if script_facts:
         try:
@@ -171,7 +183,14 @@ def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, scrip
     if ci:
         if ctx.get_parameter_source("fmt") == ParameterSource.DEFAULT:
             fmt = "github"
-        _ci(folders, policy=policy, profile=prof, facts=facts, fmt=fmt, color=color)
+        _ci(folders, policy=policy, profile=prof, facts=facts, fmt=fmt, color=color, report_path=report_path,
+            jobs=jobs)
+    for folder in folders:
+        if not rerun and not probe and holds_records(folder):
+            n = len(record_folders(folder))
+            click.echo(f"golf-verify: {folder} holds {n} record folder(s), not one record; run "
+                       f"`golf-verify --ci {folder}` to verify each of them", err=True)
+            sys.exit(2)
     reports = []
     try:
         for folder in folders:
@@ -234,26 +253,54 @@ def _probe(folder, *, nproc, data_path, tokenizer_path, timeout, fmt, color) -> 
     sys.exit(report.exit_code)
 
 
-def _ci(roots, *, policy, profile, facts, fmt, color) -> None:
-    from verifier.rerun import find_records
+def _verify_one(folder, policy, profile, facts):
+    """One --ci folder: ("ok", Report) or ("broken", message); run in a worker process."""
+    try:
+        return "ok", verify_folder(folder, policy=policy, profile=profile, script_facts=facts, display=str(folder))
+    except VerifyError as exc:
+        return "broken", str(exc)
 
+
+def _verify_many(folders, *, policy, profile, facts, jobs) -> list:
+    """Results in folder order; several folders are verified in parallel worker processes."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(len(folders), jobs or cpus)
+    args = [(f, policy, profile, facts) for f in folders]
+    if workers < 2 or len(folders) < 4:
+        return [_verify_one(*a) for a in args]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    if method == "fork":  # what every worker needs is loaded once, before the fork
+        from verifier.checks.schema import schema_validator
+
+        try:
+            schema_validator("legacy"), schema_validator("strict")
+        except ImportError:
+            pass
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        return list(pool.map(_verify_one, *zip(*args), chunksize=max(1, len(args) // (4 * workers))))
+
+
+def _ci(roots, *, policy, profile, facts, fmt, color, report_path=None, jobs=None) -> None:
     folders = []
     for root in roots:
         if not Path(root).is_dir():
             click.echo(f"golf-verify: --ci: {root} is not a folder", err=True)
             sys.exit(2)
-        folders += find_records(root)
+        folders += record_folders(root)
     if not folders:
-        click.echo(f"golf-verify: --ci: no record folder (submission.json or train_gpt.py) under {', '.join(roots)}",
-                   err=True)
+        click.echo(f"golf-verify: --ci: no record folder under {', '.join(map(str, roots))} (expected "
+                   f"records/track_*/<run>/ or folders holding submission.json, a script or a log)", err=True)
         sys.exit(2)
     reports, broken = [], []
-    for folder in folders:
-        try:
-            reports.append(verify_folder(folder, policy=policy, profile=profile, script_facts=facts,
-                                         display=str(folder)))
-        except VerifyError as exc:
-            broken.append((str(folder), str(exc)))
+    for folder, (kind, result) in zip(folders, _verify_many(folders, policy=policy, profile=profile, facts=facts,
+                                                            jobs=jobs)):
+        if kind == "ok":
+            reports.append(result)
+        else:
+            broken.append((str(folder), result))
     if reports:
         _emit(reports, fmt, color)
     verdicts = {"pass": [], "pending": [], "fail": []}
@@ -278,4 +325,12 @@ def _ci(roots, *, policy, profile, facts, fmt, color) -> None:
             click.echo(f"  pending (not passing): {name}")
         for name in verdicts["fail"]:
             click.echo(f"  fail: {name}")
+    if report_path:
+        text = render_audit(reports, broken, html=report_path.lower().endswith((".html", ".htm")))
+        try:
+            Path(report_path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"golf-verify: --report {report_path}: cannot write ({exc.strerror or exc})", err=True)
+            sys.exit(2)
+        click.echo(f"golf-verify: audit report written to {report_path}", err=True)
     sys.exit(1 if verdicts["fail"] else 0)

@@ -22,7 +22,8 @@ from verifier.logs import LogSummary, parse_log
 from verifier.scripts import ScriptInfo, facts_for_folder, script_info
 
 __all__ = ["RecordFolder", "ReadProblem", "SubmissionFile", "load_folder", "read_bytes", "READ_CAP",
-           "TRACK_DIRS", "JFloat", "golf_pack_smoke_env"]
+           "TRACK_DIRS", "JFloat", "LOG_SUFFIXES", "NOT_LOGS", "MANIFEST", "record_folders", "holds_records",
+           "looks_like_record", "golf_pack_smoke_env"]
 
 READ_CAP = 64 * 1024 * 1024
 MAX_ENTRIES = 5000
@@ -319,3 +320,58 @@ def _main_script(scripts: dict[str, ScriptInfo]) -> str | None:
     if not pool:
         return None
     return max(pool, key=lambda n: (scripts[n].effective_lines, n))
+
+
+def _listing(path: Path) -> list[os.DirEntry]:
+    try:
+        return sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def looks_like_record(path: Path) -> bool:
+    """A folder that holds what a record holds at its top level: a submission JSON, a script or a log."""
+    for entry in _listing(path):
+        low = entry.name.lower()
+        if entry.is_file(follow_symlinks=False) and (
+                (low.startswith("submission") and low.endswith(".json")) or low.endswith(".py")
+                or (low.endswith(LOG_SUFFIXES) and not low.startswith(NOT_LOGS))):
+            return True
+    return False
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return [Path(e.path) for e in _listing(path)
+            if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in SKIP_DIRS]
+
+
+def record_folders(root: str | Path) -> list[Path]:
+    """The record folders under `root` that --ci checks. In the repository layout every direct child of
+    `records/track_*/` is a record, whatever it holds (a folder without submission.json is checked and
+    fails); `root` may be `records/`, a track folder or one record. Outside that layout, folders that
+    hold a submission JSON, a script or a log are records. Symbolic links are not followed."""
+    root = Path(root)
+    if root.parent.name.startswith("track_") or (looks_like_record(root) and not root.name.startswith("track_")):
+        return [root]
+    if root.name.startswith("track_"):
+        return _subdirs(root)
+    tracks = [d for d in _subdirs(root) if d.name.startswith("track_")]
+    if tracks:
+        return [run for track in tracks for run in _subdirs(track)]
+    out: list[Path] = []
+    todo = _subdirs(root)
+    while todo:
+        here = todo.pop(0)
+        if looks_like_record(here):
+            out.append(here)
+        elif len(here.relative_to(root).parts) < MAX_DEPTH:
+            todo.extend(_subdirs(here))
+    return sorted(out)
+
+
+def holds_records(path: str | Path) -> bool:
+    """A folder of record folders (`records/`, a track folder) rather than one record."""
+    path = Path(path)
+    if not path.is_dir() or path.parent.name.startswith("track_") or looks_like_record(path):
+        return False
+    return bool(record_folders(path))

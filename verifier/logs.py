@@ -10,6 +10,10 @@ closing `golf_result_json:{...}` line.
 Only lines that start (after an optional Unix timestamp) with a known prefix and carry literal
 numbers count, and a block of echoed script source at the top of a log is skipped, so an
 echoed f-string such as `log0(f"final_... val_loss:{x:.4f}")` is never read as a result.
+
+The reader is a table of line families (`FAMILIES`: name, line prefixes, pattern, handler), one
+small handler each; a line is offered to the families whose prefix it starts with, in table
+order, and the first handler that takes it consumes it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Score", "LogSummary", "parse_log", "seed_from_name", "tokenizer_key"]
+__all__ = ["Score", "LogSummary", "Family", "FAMILIES", "parse_log", "seed_from_name", "tokenizer_key"]
 
 # Bounded numbers: a log line can hold anything, and int() of a 5000-digit string raises.
 _NUM = r"[-+]?(?:\d{1,15}(?:\.\d{0,15})?|\.\d{1,15})(?:[eE][-+]?\d{1,3})?|[-+]?(?:nan|inf)"
@@ -28,6 +32,7 @@ _INT = r"\d{1,15}"
 
 _TS = re.compile(r"^(1\d{9}(?:\.\d{1,6})?) ")
 _ECHO_RULE = re.compile(r"^={40,}\s*$")
+_ECHO_END = re.compile(r"^={80,}\s*$")  # the rule a log that starts with its source prints after it
 _SOURCEISH = re.compile(r'^(?:"""|\'\'\'|#|import |from \w|def |class |@|if __name__)')
 
 _LOSS = re.compile(r"\bval_loss[:=]\s?(" + _NUM + r")(?![\w.])", re.I)
@@ -76,8 +81,9 @@ _VOCAB = re.compile(r"(?:^|\s)vocab_size[:=]\s?(" + _INT + r")\b")
 
 _WORLD = re.compile(r"^\s*world_size[:=]\s?(" + _INT + r")\b")
 _GPU_ROW = re.compile(r"^\|\s{1,8}(\d{1,2})\s{1,8}((?:NVIDIA|Tesla) [^|]{0,60}?)\s{2,40}(?:On|Off)\s{1,8}\|")
-_TORCH = re.compile(r"^Running PyTorch (\S+)|PyTorch (\S+) device:")
-_OUR_DEVICE = re.compile(r"\bdevice:(.+)$")
+_TORCH = re.compile(r"^(?:Running (?:Python \S+ )?)?PyTorch (\S+)(?: device:(.+))?$")
+_PREFIX = re.compile(r"^([a-z][a-z0-9_]{1,40}):")
+_TRAIN_SHARDS = re.compile(r"\btrain_shards[:=]\s?(" + _INT + r")\b")
 _HPARAM = re.compile(r"^hparam ([A-Za-z_]\w{0,80})=(.*)$")
 _BLOCK_ITEM = re.compile(r"^\s+([A-Za-z_]\w{0,80}): ?(.*)$")
 
@@ -165,6 +171,10 @@ class LogSummary:
     torch_version: str | None = None
     val_tokens: int | None = None
     val_tokens_line: int | None = None
+    train_shards: int | None = None  # training shards the run saw (a data-preparation fingerprint, #2127)
+    train_shards_line: int | None = None
+    partial_eval_lines: list[int] = field(default_factory=list)  # `eval: N batches (limited)`
+    line_prefixes: list[str] = field(default_factory=list)  # `ttt_sliding:`, `ttp:` ...: what printed the lines
     tokenizer: str | None = None
     vocab_size: int | None = None
     hparams: dict[str, str] = field(default_factory=dict)
@@ -247,9 +257,19 @@ def tokenizer_key(*, tokenizer_path: str | None = None, dataset: str | None = No
 
 def _echo_ranges(lines: list[str]) -> list[tuple[int, int]]:
     """(start, end) index pairs (inclusive) of echoed script source: a rule of '=' signs followed by
-    something that looks like Python, up to the next rule."""
+    something that looks like Python, up to the next rule; or, when the log itself starts with
+    Python source, everything up to the first rule."""
     ranges = []
-    i, n = 0, len(lines)
+    n = len(lines)
+    first = next((k for k in range(n) if lines[k].strip()), n)
+    i = 0
+    if first < n and _SOURCEISH.match(lines[first]):
+        k = first
+        while k < n and not _ECHO_END.match(lines[k]):
+            k += 1
+        if k < n:
+            ranges.append((first, k))
+            i = k + 1
     while i < n:
         if _ECHO_RULE.match(lines[i]):
             j = i + 1
@@ -299,13 +319,430 @@ def parse_log(text: str, name: str = "") -> LogSummary:
     """Summarise one log. Never raises for any input string."""
     summary = LogSummary(name=name)
     try:
-        _parse_into(summary, text if isinstance(text, str) else str(text))
+        _read(summary, text if isinstance(text, str) else str(text))
     except Exception as exc:  # pragma: no cover - a bug, but a finding rather than a traceback
         summary.problems.append(f"internal parser error: {type(exc).__name__}: {exc}")
     return summary
 
 
-def _parse_into(s: LogSummary, text: str) -> None:
+# --------------------------------------------------------------------------------------------
+# The line families. Each is (name, prefixes, pattern, handler): a line is offered to the
+# families whose prefix it starts with (or that have no prefix, tested by `when`), in table
+# order; the first handler that returns True consumes it. Adding a family is one entry below
+# and one small function.
+
+
+@dataclass
+class _Line:
+    text: str
+    low: str
+    no: int  # 1-based line number
+    idx: int
+    ts: float | None
+
+
+class _State:
+    """What the reader carries between lines of one log."""
+
+    def __init__(self, s: LogSummary):
+        self.s = s
+        self.seeds: dict[int, int] = {}
+        self.seed_sources: dict[int, str] = {}
+        self.calibration = "unknown"
+        self.pending_serialized = False
+        self.in_block = False
+        self.tokenizer_path: str | None = None
+        self.dataset: str | None = None
+        self.artifact_ts: float | None = None
+        self.artifact_idx: int | None = None
+        self.gpu_ids: dict[int, str] = {}
+        self.last_step_ms: float | None = None
+        self.stop_ms: float | None = None
+        self.kv_config_seen = False
+
+    def seed(self, value: int, line: int, source: str) -> None:
+        self.seeds.setdefault(value, line)
+        self.seed_sources.setdefault(value, source)
+
+    def artifact(self, ln: _Line) -> None:
+        self.artifact_idx, self.artifact_ts = ln.idx, ln.ts
+
+    def config(self, key: str, value: str, line: int, source: str, store: bool = True) -> None:
+        """A key/value pair from a Hyperparameters block, an `hparam` line or a key=value line."""
+        s = self.s
+        if store and len(s.hparams) < MAX_HPARAMS:
+            s.hparams.setdefault(key, value[:200])
+        if key == "seed" and value.isdecimal() and len(value) < 16:
+            self.seed(int(value), line, source)
+        elif key == "tokenizer_path" and value:
+            self.tokenizer_path = self.tokenizer_path or value
+        elif key in ("data_path", "datasets_dir") and value:
+            self.dataset = self.dataset or value
+        elif key == "vocab_size" and value.isdecimal() and len(value) < 8:
+            s.vocab_size = s.vocab_size or int(value)
+        elif key == "world_size" and value.isdecimal() and len(value) < 6 and s.world_size is None:
+            s.world_size = int(value)
+        elif key == "val_tokens" and value.isdecimal() and len(value) < 16:
+            s.val_tokens, s.val_tokens_line = int(value), line
+        elif key == "train_shards" and value.isdecimal() and len(value) < 8:
+            s.train_shards, s.train_shards_line = int(value), line
+
+
+def _block_item(st: _State, m, ln: _Line) -> bool:
+    if "MB code = " in ln.text:
+        return False
+    if st.in_block or ln.text.startswith("  "):
+        m = _BLOCK_ITEM.match(ln.text)
+        if m:
+            key, value = m.group(1), m.group(2).strip()
+            if key == "seed" and not _SEED_BLOCK.match(ln.text):
+                return True
+            st.config(key, value, ln.no, "hparams", store=st.in_block)
+    return True
+
+
+def _step_old(st: _State, m, ln: _Line) -> bool:
+    _step_line(st.s, int(m.group(1)), int(m.group(2)), m.group(3), ln.no, ln.ts)
+    tm = _TRAIN_MS.search(m.group(3))
+    if tm:
+        st.last_step_ms = float(tm.group(1))
+    return True
+
+
+def _step_new(st: _State, m, ln: _Line) -> bool:
+    rest = m.group(3)
+    _step_line(st.s, int(m.group(1)), int(m.group(2)), rest, ln.no, ln.ts)
+    tm = _TRAIN_MIN.search(rest)
+    if tm:
+        st.last_step_ms = float(tm.group(1)) * 60000.0
+    return True
+
+
+def _ignore(st: _State, m, ln: _Line) -> bool:
+    return True
+
+
+def _score(st: _State, m, ln: _Line) -> bool:
+    return _score_line(st.s, ln.text, ln.no, ln.ts)
+
+
+def _golf(st: _State, m, ln: _Line) -> bool:
+    _golf_line(st.s, ln.text[len("golf_result_json:"):], ln.no)
+    return True
+
+
+def _stop(st: _State, m, ln: _Line) -> bool:
+    s = st.s
+    if m is None:
+        s.problems.append(f"line {ln.no}: unrecognised stop line")
+        return True
+    s.stopped_early = True
+    st.stop_ms = float(m.group(2))
+    s.stop_line = ln.no
+    s.stop_format = "later" if m.group(1) else "early"
+    if m.group(3):
+        s.steps, s.iterations = int(m.group(3)), int(m.group(4))
+    return True
+
+
+def _total(st: _State, m, ln: _Line) -> bool:
+    if m:
+        s, label, value = st.s, m.group(1), int(m.group(2))
+        if label or st.pending_serialized:
+            s.total_bytes, s.total_label, s.total_line, s.total_tolerance = value, (label or "").strip() or None, ln.no, 0
+            st.artifact(ln)
+        else:
+            s.raw_total_bytes = value
+        st.pending_serialized = False
+    return True
+
+
+def _serialized(st: _State, m, ln: _Line) -> bool:
+    if m and m.group(1):
+        st.s.model_bytes, st.s.model_label = int(m.group(2)), m.group(1).strip()
+        st.pending_serialized = True
+        st.artifact(ln)
+    return True
+
+
+def _code_size(st: _State, m, ln: _Line) -> bool:
+    s = st.s
+    if m:
+        if m.group(1) is None and "(compressed)" in ln.text:
+            s.code_bytes_compressed = int(m.group(2))
+        else:
+            s.code_bytes, s.code_bytes_line, s.code_bytes_approx = int(m.group(2)), ln.no, False
+    return True
+
+
+def _code_sha(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.code_sha256 = m.group(1)
+        st.s.code_bytes, st.s.code_bytes_line, st.s.code_bytes_approx = int(m.group(2)), ln.no, False
+    return True
+
+
+def _code_elsewhere(st: _State, m, ln: _Line) -> bool:
+    """`artifact: ... code:N`, `Raw model: N bytes | Code: N bytes`, `[x] Script size: N bytes`."""
+    if m and st.s.code_bytes is None:
+        st.s.code_bytes, st.s.code_bytes_line = int(next(g for g in m.groups() if g)), ln.no
+    return True
+
+
+def _budget(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.total_bytes, st.s.total_label, st.s.total_line, st.s.total_tolerance = int(m.group(1)), "budget", ln.no, 0
+        st.artifact(ln)
+    return True
+
+
+def _total_pipe(st: _State, m, ln: _Line) -> bool:
+    if m:
+        s = st.s
+        s.model_bytes, s.model_label = int(m.group(2)), m.group(1)
+        s.total_bytes, s.total_label, s.total_line, s.total_tolerance = int(m.group(3)), m.group(1), ln.no, 0
+        st.artifact(ln)
+    return True
+
+
+def _mb_code(st: _State, m, ln: _Line) -> bool:
+    if m:
+        s = st.s
+        mb_code, mb_total = _float(m.group(3)), _float(m.group(4))
+        if mb_total is not None and math.isfinite(mb_total):
+            s.total_bytes, s.total_label, s.total_line = round(mb_total * 1e6), m.group(1), ln.no
+            s.total_tolerance = 5000  # printed with two decimals of MB
+            st.artifact(ln)
+        if mb_code is not None and math.isfinite(mb_code) and s.code_bytes is None:
+            s.code_bytes, s.code_bytes_line, s.code_bytes_approx = round(mb_code * 1e6), ln.no, True
+    return True
+
+
+def _gptq(st: _State, m, ln: _Line) -> bool:
+    s, low = st.s, ln.low
+    m = _RESERVE.match(ln.text)
+    if m:
+        amount = float(m.group(1)) * (1.0 if m.group(2) == "ms" else 1000.0)
+        s.gptq_reserve_ms, s.gptq_effective_ms = amount, float(m.group(3))
+        return True
+    if "autoregressive" in low or "self-gen" in low or "ar_selfgen=1" in low or "self-generated" in low:
+        st.calibration = "self-generated"
+    elif "training data" in low or "calibration data" in low or "train" in low:
+        st.calibration = "training" if st.calibration == "unknown" else st.calibration
+    m = _HESSIANS_IN.match(ln.text)
+    if m and (s.stopped_early or s.steps is not None):
+        secs = _float(m.group(1)) or 0.0
+        if ln.text.startswith("gptq:done in"):
+            s.post_stop_calibration_s = max(s.post_stop_calibration_s, secs)
+        else:
+            s.post_stop_calibration_s += secs
+        s.post_stop_calibration_source = st.calibration
+    return True
+
+
+def _post_gptq(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.post_stop_elapsed_s = _float(m.group(1))
+    return True
+
+
+def _total_eval(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.total_eval_time_s = _float(m.group(1))
+    return True
+
+
+def _ttt_note(st: _State, m, ln: _Line) -> bool:
+    s = st.s
+    if "warming up compile" in ln.text and "no val data" not in ln.text and "random tokens" not in ln.text:
+        s.ttt_warmup_unlabelled.append(ln.no)
+    m = _WARMUP_DONE.search(ln.text)
+    if m:
+        s.compile_warmup_s = (s.compile_warmup_s or 0.0) + (_float(m.group(1)) or 0.0)
+    return True
+
+
+def _eval_only(st: _State, m, ln: _Line) -> bool:
+    st.s.eval_only = True
+    return True
+
+
+def _seed(st: _State, m, ln: _Line) -> bool:
+    st.seed(int(m.group(1)), ln.no, "printed")
+    return True
+
+
+def _hparam(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.config(m.group(1), m.group(2).strip(), ln.no, "hparams")
+    return True
+
+
+def _block_start(st: _State, m, ln: _Line) -> bool:
+    st.in_block = True
+    return True
+
+
+def _val_loader(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.dataset = st.dataset or m.group(1)
+        st.s.val_tokens, st.s.val_tokens_line = int(m.group(2)), ln.no
+    m = _TRAIN_SHARDS.search(ln.text)
+    if m:
+        st.s.train_shards, st.s.train_shards_line = int(m.group(1)), ln.no
+    return True
+
+
+def _val_tokens(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.val_tokens, st.s.val_tokens_line = int(m.group(1)), ln.no
+    return True
+
+
+def _train_shards(st: _State, m, ln: _Line) -> bool:
+    """`train_shards: 80`, `train_loader:dataset:fineweb10B_sp1024 train_shards:25`."""
+    m = _TRAIN_SHARDS.search(ln.text)
+    if m:
+        st.s.train_shards, st.s.train_shards_line = int(m.group(1)), ln.no
+    if ln.text.startswith("train_loader:dataset:"):
+        return False  # the dataset name is read below
+    return m is not None
+
+
+def _eval_limited(st: _State, m, ln: _Line) -> bool:
+    """`eval: 500 batches (limited)`: the evaluation covered part of the validation set."""
+    st.s.partial_eval_lines.append(ln.no)
+    return True
+
+
+def _world(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.s.world_size = int(m.group(1))
+    return True
+
+
+def _gpu_row(st: _State, m, ln: _Line) -> bool:
+    if m:
+        st.gpu_ids.setdefault(int(m.group(1)), " ".join(m.group(2).split()))
+    return True
+
+
+def _torch(st: _State, m, ln: _Line) -> bool:
+    """`Running PyTorch 2.9.1+cu128`; golf-pack: `Running Python 3.x PyTorch 2.x device:8xNVIDIA H100 ...`."""
+    if m:
+        st.s.torch_version = st.s.torch_version or m.group(1)
+        if m.group(2):
+            st.s.device = m.group(2).strip()[:120]
+    return m is not None
+
+
+def _kv_config(st: _State, m, ln: _Line) -> bool:
+    tokens = _KV_TOKEN.findall(ln.text)
+    if len(tokens) < 8:
+        return False
+    st.kv_config_seen = True
+    for key, value in tokens:
+        st.config(key, value, ln.no, "config")
+    return True
+
+
+def _mentions(st: _State, m, ln: _Line) -> bool:
+    """A tokenizer path, dataset or vocabulary size mentioned anywhere on a line."""
+    text, s = ln.text, st.s
+    if "tokenizer_path" in text and not st.tokenizer_path:
+        m = _TOKENIZER.search(text)
+        if m:
+            st.tokenizer_path = m.group(1)
+    if not st.dataset and ("dataset" in text or "data_path" in text):
+        m = _DATASET.search(text)
+        if m:
+            st.dataset = m.group(1)
+    if s.vocab_size is None and "vocab_size" in text:
+        m = _VOCAB.search(text)
+        if m:
+            s.vocab_size = int(m.group(1))
+    return True
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    prefixes: tuple  # the line starts with one of these (empty: any line `when` accepts)
+    pattern: re.Pattern | None
+    handle: Callable
+    when: Callable | None = None
+    need_match: bool = False  # offer the line only when `pattern` matches
+
+
+_DIGITS = tuple("0123456789")
+FAMILIES: tuple[Family, ...] = (
+    Family("eval-limited", (), None, _eval_limited, when=lambda t: "(limited)" in t and "eval" in t.lower()),
+    Family("hparams-block-item", (" ", "\t"), None, _block_item),
+    Family("step", ("step:",), _STEP_OLD, _step_old, need_match=True),
+    Family("step-later", _DIGITS, _STEP_NEW, _step_new, need_match=True),
+    Family("ttt-progress", ("tttg:", "ttp:", "ttpp:", "ttpr:", "ttt_progress", "warmup_step", "loop_warmup",
+                            "ttt_rank_batches"), None, _ignore),
+    Family("score", (), None, _score,
+           when=lambda t: ("val_loss" in t or "val_bpb" in t) and not t.startswith("golf_result_json:")),
+    Family("golf-result", ("golf_result_json:",), None, _golf),
+    Family("stop", ("stopping_early:",), _STOP, _stop),
+    Family("total-size", ("Total submission size",), _TOTAL, _total),
+    Family("serialized", ("Serialized model",), _SERIALIZED, _serialized),
+    Family("code-size", ("Code size",), _CODE, _code_size),
+    Family("golf-code", ("code_sha256:",), _OUR_CODE, _code_sha),
+    Family("artifact-code", ("artifact:",), _ARTIFACT_CODE, _code_elsewhere),
+    Family("budget", ("budget:",), _BUDGET, _budget),
+    Family("total-pipe", (), _TOTAL_PIPE, _total_pipe, when=lambda t: " model: " in t and "| Total submission:" in t),
+    Family("raw-model-code", ("Raw model:",), _RAW_CODE, _code_elsewhere),
+    Family("script-size", (), _SCRIPT_SIZE, _code_elsewhere,
+           when=lambda t: "Script size:" in t or t.startswith("Uploading ")),
+    Family("mb-code", (), _MB_CODE, _mb_code, when=lambda t: "MB code = " in t),
+    Family("gptq", ("gptq", "GPTQ", "Gptq"), None, _gptq),
+    Family("post-gptq", ("wallclock:post_gptq",), _POST_GPTQ, _post_gptq),
+    Family("total-eval", ("total_eval_time",), _TOTAL_EVAL, _total_eval),
+    Family("ttt-note", ("ttt_lora:", "ttt:"), None, _ttt_note),
+    Family("eval-only", (), None, _eval_only,
+           when=lambda t: "TTT_EVAL_ONLY" in t or "skipping training" in t.lower()),
+    Family("seed", ("seed",), _SEED_PLAIN, _seed, need_match=True),
+    Family("hparam", ("hparam ",), _HPARAM, _hparam),
+    Family("hparams-block", ("Hyperparameters:", "--- Hyperparameters"), None, _block_start),
+    Family("val-loader", ("val_loader:",), _VAL_SHARDS, _val_loader),
+    Family("val-tokens", ("val_tokens", "val tokens"), _VAL_TOKENS, _val_tokens),
+    Family("train-shards", ("train_shards", "train_loader:"), None, _train_shards),
+    Family("world-size", ("world_size",), _WORLD, _world),
+    Family("gpu-row", ("|",), _GPU_ROW, _gpu_row, when=lambda t: "NVIDIA" in t),
+    Family("torch-version", ("Running ", "PyTorch "), _TORCH, _torch),
+    Family("key-value-config", (), None, _kv_config, when=lambda t: t.count("=") >= 8 and _KV_FIRST.match(t)),
+    Family("mentions", (), None, _mentions),
+)
+
+_BY_FIRST: dict[str, tuple[Family, ...]] = {}
+
+
+def _families_for(c: str) -> tuple[Family, ...]:
+    fams = _BY_FIRST.get(c)
+    if fams is None:
+        fams = _BY_FIRST[c] = tuple(f for f in FAMILIES if not f.prefixes or any(p[0] == c for p in f.prefixes))
+    return fams
+
+
+def _offer(st: _State, ln: _Line) -> None:
+    text = ln.text
+    for fam in _families_for(text[0]):
+        if fam.prefixes and not text.startswith(fam.prefixes):
+            continue
+        if fam.when is not None and not fam.when(text):
+            continue
+        if fam.name == "key-value-config" and st.kv_config_seen:
+            continue
+        m = fam.pattern.match(text) if fam.pattern is not None else None
+        if fam.need_match and m is None:
+            continue
+        if fam.handle(st, m, ln):
+            return
+
+
+def _read(s: LogSummary, text: str) -> None:
     if "\x00" in text:
         s.problems.append("contains NUL bytes (binary data?)")
         text = text.replace("\x00", "")
@@ -316,20 +753,9 @@ def _parse_into(s: LogSummary, text: str) -> None:
     for a, b in _echo_ranges(lines):
         skip.update(range(a, b + 1))
     s.echo_lines_skipped = len(skip)
-
-    seeds: dict[int, int] = {}  # seed -> first line
-    seed_sources: dict[int, str] = {}
-    calibration = "unknown"
-    pending_serialized = False  # a labelled "Serialized model X:" seen since the last total
-    in_block = False
-    tokenizer_path = dataset = None
-    artifact_ts = artifact_idx = None
-    gpu_ids: dict[int, str] = {}
-    last_step_ms = None
-    stop_ms = None
+    st = _State(s)
     timestamps = []
-    kv_config_seen = False
-
+    prefixes: set[str] = set()
     for idx, raw in enumerate(lines):
         if idx in skip:
             continue
@@ -338,301 +764,35 @@ def _parse_into(s: LogSummary, text: str) -> None:
             timestamps.append(ts)
         if not line.strip():
             continue
-        lineno = idx + 1
-        c0 = line[0]
+        if line[0] not in " \t":
+            st.in_block = False
+            m = _PREFIX.match(line)
+            if m and len(prefixes) < 500:
+                prefixes.add(m.group(1))
+        _offer(st, _Line(line, line.lower() if line[0] in "gG" else "", idx + 1, idx, ts))
+    s.line_prefixes = sorted(prefixes)
+    _finish(s, st, lines, timestamps)
 
-        # --- indented Hyperparameters block items ---------------------------------------------
-        if (c0 == " " or c0 == "\t") and "MB code = " not in line:
-            if in_block or line.startswith("  "):
-                m = _BLOCK_ITEM.match(line)
-                if m:
-                    key, value = m.group(1), m.group(2).strip()
-                    if len(s.hparams) < MAX_HPARAMS and in_block:
-                        s.hparams.setdefault(key, value[:200])
-                    if key == "seed":
-                        m2 = _SEED_BLOCK.match(line)
-                        if m2:
-                            seed = int(m2.group(1))
-                            seeds.setdefault(seed, lineno)
-                            seed_sources.setdefault(seed, "hparams")
-                    elif key == "world_size" and s.world_size is None and value.isdecimal() and len(value) < 6:
-                        s.world_size = int(value)
-                    elif key in ("val_tokens",) and value.isdecimal() and len(value) < 16:
-                        s.val_tokens, s.val_tokens_line = int(value), lineno
-                    elif key == "tokenizer_path":
-                        tokenizer_path = tokenizer_path or value
-                    elif key in ("datasets_dir", "data_path") and not dataset:
-                        dataset = value
-                    elif key == "vocab_size" and value.isdecimal() and len(value) < 8:
-                        s.vocab_size = s.vocab_size or int(value)
-                    continue
-            continue
-        in_block = False
 
-        # --- training progress (most frequent lines first) --------------------------------------
-        if c0 == "s" and line.startswith("step:"):
-            m = _STEP_OLD.match(line)
-            if m:
-                _step_line(s, int(m.group(1)), int(m.group(2)), m.group(3), lineno, ts)
-                tm = _TRAIN_MS.search(m.group(3))
-                if tm:
-                    last_step_ms = float(tm.group(1))
-                continue
-        if c0.isdecimal():
-            m = _STEP_NEW.match(line)
-            if m:
-                rest = m.group(3)
-                _step_line(s, int(m.group(1)), int(m.group(2)), rest, lineno, ts)
-                tm = _TRAIN_MIN.search(rest)
-                if tm:
-                    last_step_ms = float(tm.group(1)) * 60000.0
-                continue
-        if line.startswith(("tttg:", "ttp:", "ttpp:", "ttpr:", "  ttt_chunk", "ttt_progress", "warmup_step",
-                            "loop_warmup", "ttt_rank_batches")):
-            continue
-
-        # --- evaluation results ---------------------------------------------------------------
-        if ("val_loss" in line or "val_bpb" in line) and not line.startswith("golf_result_json:"):
-            if _score_line(s, line, lineno, ts):
-                continue
-
-        if line.startswith("golf_result_json:"):
-            _golf_line(s, line[len("golf_result_json:"):], lineno)
-            continue
-
-        if line.startswith("stopping_early:"):
-            m = _STOP.match(line)
-            if m:
-                s.stopped_early = True
-                stop_ms = float(m.group(2))
-                s.stop_line = lineno
-                s.stop_format = "later" if m.group(1) else "early"
-                if m.group(3):
-                    s.steps = int(m.group(3))
-                    s.iterations = int(m.group(4))
-            else:
-                s.problems.append(f"line {lineno}: unrecognised stop line")
-            continue
-
-        # --- sizes -------------------------------------------------------------------------------
-        if line.startswith("Total submission size"):
-            m = _TOTAL.match(line)
-            if m:
-                label, value = m.group(1), int(m.group(2))
-                if label or pending_serialized:
-                    s.total_bytes, s.total_label, s.total_line, s.total_tolerance = value, (label or "").strip() or None, lineno, 0
-                    artifact_idx, artifact_ts = idx, ts
-                else:
-                    s.raw_total_bytes = value
-                pending_serialized = False
-            continue
-        if line.startswith("Serialized model"):
-            m = _SERIALIZED.match(line)
-            if m:
-                if m.group(1):
-                    s.model_bytes, s.model_label = int(m.group(2)), m.group(1).strip()
-                    pending_serialized = True
-                    artifact_idx, artifact_ts = idx, ts
-            continue
-        if line.startswith("Code size"):
-            m = _CODE.match(line)
-            if m:
-                if m.group(1) is None and "(compressed)" in line:
-                    s.code_bytes_compressed = int(m.group(2))
-                else:
-                    s.code_bytes, s.code_bytes_line, s.code_bytes_approx = int(m.group(2)), lineno, False
-            continue
-        if line.startswith("code_sha256:"):
-            m = _OUR_CODE.match(line)
-            if m:
-                s.code_sha256 = m.group(1)
-                s.code_bytes, s.code_bytes_line, s.code_bytes_approx = int(m.group(2)), lineno, False
-            continue
-        if line.startswith("artifact:"):
-            m = _ARTIFACT_CODE.match(line)
-            if m and s.code_bytes is None:
-                s.code_bytes, s.code_bytes_line = int(m.group(1)), lineno
-            continue
-        if line.startswith("budget:"):
-            m = _BUDGET.match(line)
-            if m:
-                s.total_bytes, s.total_label, s.total_line, s.total_tolerance = int(m.group(1)), "budget", lineno, 0
-                artifact_idx, artifact_ts = idx, ts
-            continue
-        if " model: " in line and "| Total submission:" in line:
-            m = _TOTAL_PIPE.match(line)
-            if m:
-                s.model_bytes, s.model_label = int(m.group(2)), m.group(1)
-                s.total_bytes, s.total_label, s.total_line, s.total_tolerance = int(m.group(3)), m.group(1), lineno, 0
-                artifact_idx, artifact_ts = idx, ts
-            continue
-        if line.startswith("Raw model:"):
-            m = _RAW_CODE.match(line)
-            if m and s.code_bytes is None:
-                s.code_bytes, s.code_bytes_line = int(m.group(1)), lineno
-            continue
-        if "Script size:" in line or line.startswith("Uploading "):
-            m = _SCRIPT_SIZE.match(line)
-            if m and s.code_bytes is None:
-                s.code_bytes, s.code_bytes_line = int(m.group(1) or m.group(2)), lineno
-            continue
-        if "MB code = " in line:
-            m = _MB_CODE.match(line)
-            if m:
-                mb_code, mb_total = _float(m.group(3)), _float(m.group(4))
-                if mb_total is not None and math.isfinite(mb_total):
-                    s.total_bytes, s.total_label, s.total_line = round(mb_total * 1e6), m.group(1), lineno
-                    s.total_tolerance = 5000  # printed with two decimals of MB
-                    artifact_idx, artifact_ts = idx, ts
-                if mb_code is not None and math.isfinite(mb_code) and s.code_bytes is None:
-                    s.code_bytes, s.code_bytes_line, s.code_bytes_approx = round(mb_code * 1e6), lineno, True
-            continue
-
-        # --- GPTQ and timing ----------------------------------------------------------------------
-        low = line.lower()
-        if low.startswith("gptq"):
-            m = _RESERVE.match(line)
-            if m:
-                amount = float(m.group(1)) * (1.0 if m.group(2) == "ms" else 1000.0)
-                s.gptq_reserve_ms, s.gptq_effective_ms = amount, float(m.group(3))
-                continue
-            if "autoregressive" in low or "self-gen" in low or "ar_selfgen=1" in low or "self-generated" in low:
-                calibration = "self-generated"
-            elif "training data" in low or "calibration data" in low or "train" in low:
-                calibration = "training" if calibration == "unknown" else calibration
-            m = _HESSIANS_IN.match(line)
-            if m and (s.stopped_early or s.steps is not None):
-                secs = _float(m.group(1)) or 0.0
-                if line.startswith("gptq:done in"):
-                    s.post_stop_calibration_s = max(s.post_stop_calibration_s, secs)
-                else:
-                    s.post_stop_calibration_s += secs
-                s.post_stop_calibration_source = calibration
-            continue
-        if line.startswith("wallclock:post_gptq"):
-            m = _POST_GPTQ.match(line)
-            if m:
-                s.post_stop_elapsed_s = _float(m.group(1))
-            continue
-        if line.startswith("total_eval_time"):
-            m = _TOTAL_EVAL.match(line)
-            if m:
-                s.total_eval_time_s = _float(m.group(1))
-            continue
-        if line.startswith(("ttt_lora:", "ttt:")):
-            if "warming up compile" in line and "no val data" not in line and "random tokens" not in line:
-                s.ttt_warmup_unlabelled.append(lineno)
-            m = _WARMUP_DONE.search(line)
-            if m:
-                s.compile_warmup_s = (s.compile_warmup_s or 0.0) + (_float(m.group(1)) or 0.0)
-            continue
-        if "TTT_EVAL_ONLY" in line or "skipping training" in low:
-            s.eval_only = True
-            continue
-
-        # --- seeds, data, hardware ------------------------------------------------------------------
-        if line.startswith("seed"):
-            m = _SEED_PLAIN.match(line)
-            if m:
-                seed = int(m.group(1))
-                seeds.setdefault(seed, lineno)
-                seed_sources.setdefault(seed, "printed")
-                continue
-        if line.startswith("hparam "):
-            m = _HPARAM.match(line)
-            if m:
-                key, value = m.group(1), m.group(2).strip()
-                if len(s.hparams) < MAX_HPARAMS:
-                    s.hparams.setdefault(key, value[:200])
-                if key == "seed" and value.isdecimal() and len(value) < 16:
-                    seeds.setdefault(int(value), lineno)
-                    seed_sources.setdefault(int(value), "hparams")
-                elif key == "tokenizer_path":
-                    tokenizer_path = tokenizer_path or value
-                elif key == "data_path":
-                    dataset = dataset or value
-                elif key == "vocab_size" and value.isdecimal() and len(value) < 8:
-                    s.vocab_size = s.vocab_size or int(value)
-            continue
-        if line.startswith(("Hyperparameters:", "--- Hyperparameters")):
-            in_block = True
-            continue
-        if line.startswith("val_loader:"):
-            m = _VAL_SHARDS.match(line)
-            if m:
-                dataset = dataset or m.group(1)
-                s.val_tokens, s.val_tokens_line = int(m.group(2)), lineno
-            continue
-        if line.startswith(("val_tokens", "val tokens")):
-            m = _VAL_TOKENS.match(line)
-            if m:
-                s.val_tokens, s.val_tokens_line = int(m.group(1)), lineno
-            continue
-        if line.startswith("world_size"):
-            m = _WORLD.match(line)
-            if m:
-                s.world_size = int(m.group(1))
-            continue
-        if c0 == "|" and "NVIDIA" in line:
-            m = _GPU_ROW.match(line)
-            if m:
-                gpu_ids.setdefault(int(m.group(1)), " ".join(m.group(2).split()))
-            continue
-        if line.startswith("Running ") or " device:" in line:
-            m = _TORCH.search(line)
-            if m:
-                s.torch_version = s.torch_version or (m.group(1) or m.group(2))
-            m = _OUR_DEVICE.search(line)
-            if m:
-                s.device = m.group(1).strip()[:120]
-        if not kv_config_seen and line.count("=") >= 8 and _KV_FIRST.match(line):
-            tokens = _KV_TOKEN.findall(line)
-            if len(tokens) >= 8:
-                kv_config_seen = True
-                for key, value in tokens:
-                    if len(s.hparams) < MAX_HPARAMS:
-                        s.hparams.setdefault(key, value[:200])
-                    if key == "seed" and value.isdecimal() and len(value) < 16:
-                        seeds.setdefault(int(value), lineno)
-                        seed_sources.setdefault(int(value), "config")
-                    elif key == "tokenizer_path" and value:
-                        tokenizer_path = tokenizer_path or value
-                    elif key == "data_path" and value:
-                        dataset = dataset or value
-                    elif key == "vocab_size" and value.isdecimal() and len(value) < 8:
-                        s.vocab_size = s.vocab_size or int(value)
-                continue
-        if "tokenizer_path" in line and not tokenizer_path:
-            m = _TOKENIZER.search(line)
-            if m:
-                tokenizer_path = m.group(1)
-        if not dataset and ("dataset" in line or "data_path" in line):
-            m = _DATASET.search(line)
-            if m:
-                dataset = m.group(1)
-        if s.vocab_size is None and "vocab_size" in line:
-            m = _VOCAB.search(line)
-            if m:
-                s.vocab_size = int(m.group(1))
-
-    # --- derived values -----------------------------------------------------------------------
+def _finish(s: LogSummary, st: _State, lines: list[str], timestamps: list[float]) -> None:
+    """Values derived from the whole log once every line is read."""
     if timestamps:
         s.timestamped = True
         s.first_ts, s.last_ts = timestamps[0], timestamps[-1]
-    s.gpus = [gpu_ids[k] for k in sorted(gpu_ids)]
-    if seeds:
-        ordered = sorted(seeds, key=lambda k: seeds[k])
+    s.gpus = [st.gpu_ids[k] for k in sorted(st.gpu_ids)]
+    if st.seeds:
+        ordered = sorted(st.seeds, key=lambda k: st.seeds[k])
         s.seeds_printed = ordered
         s.seed = ordered[0]
-        s.seed_line = seeds[ordered[0]]
-        s.seed_source = seed_sources.get(ordered[0])
+        s.seed_line = st.seeds[ordered[0]]
+        s.seed_source = st.seed_sources.get(ordered[0])
         if len(ordered) > 1:
             s.problems.append("prints several seeds: " + ", ".join(str(x) for x in ordered[:10]))
-    s.tokenizer = tokenizer_key(tokenizer_path=tokenizer_path, dataset=dataset, vocab_size=s.vocab_size)
-    if stop_ms is not None:
-        s.train_time_ms, s.train_time_source = stop_ms, "stop"
-    elif last_step_ms is not None:
-        s.train_time_ms, s.train_time_source = last_step_ms, "step"
+    s.tokenizer = tokenizer_key(tokenizer_path=st.tokenizer_path, dataset=st.dataset, vocab_size=s.vocab_size)
+    if st.stop_ms is not None:
+        s.train_time_ms, s.train_time_source = st.stop_ms, "stop"
+    elif st.last_step_ms is not None:
+        s.train_time_ms, s.train_time_source = st.last_step_ms, "step"
     if s.golf_result:
         _apply_golf(s)
     s.final = _choose_final(s.scores)
@@ -642,7 +802,7 @@ def _parse_into(s: LogSummary, text: str) -> None:
         if _plausible(bpb) and (loss is None or _plausible(loss)):
             s.final = Score(str(g.get("eval_path") or "golf_result_json"), str(g.get("eval_path") or "golf_result_json"),
                             "final", loss, bpb, 8, 8, True, None, s.lines)
-    _eval_times(s, lines, artifact_idx, artifact_ts)
+    _eval_times(s, lines, st.artifact_idx, st.artifact_ts)
     for sc in s.scores:
         for value in (sc.val_loss, sc.val_bpb):
             if value is not None and not _plausible(value):

@@ -9,7 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Finding", "Report", "SEVERITIES", "REPORT_VERSION", "render_text", "render_json", "render_github"]
+__all__ = ["Finding", "Report", "SEVERITIES", "REPORT_VERSION", "render_text", "render_json", "render_github",
+           "render_audit"]
 
 SEVERITIES = ("error", "warning", "info")
 REPORT_VERSION = 1
@@ -220,3 +221,66 @@ def render_github(reports: list[Report]) -> str:
         out.append(f"::notice title={_escape_prop('golf-verify verdict')}::{_escape_data(rep.folder)}: "
                    f"{rep.verdict} ({c['error']} errors, {c['warning']} warnings, {c['info']} info)")
     return "\n".join(out)
+
+
+def _audit_rows(reports: list[Report], broken: list[tuple[str, str]]) -> list[dict]:
+    rows = []
+    for rep in reports:
+        runs = rep.summary.get("runs") or []
+        bpbs = [r["val_bpb"] for r in runs if r.get("val_bpb") is not None]
+        mean = sum(bpbs) / len(bpbs) if bpbs else None
+        std = (sum((x - mean) ** 2 for x in bpbs) / (len(bpbs) - 1)) ** 0.5 if len(bpbs) > 1 else None
+        sizes = [r["total_bytes"] for r in runs if r.get("total_bytes") is not None]
+        counted = [f.evidence.get("total_bytes") for f in rep.by_check("size.artifact-cap")
+                   if isinstance(f.evidence.get("total_bytes"), int)]
+        findings = [f for f in rep.sorted_findings() if f.severity in ("error", "warning")]
+        rows.append({
+            "record": rep.folder, "track": rep.track, "verdict": rep.verdict,
+            "score": "" if mean is None else f"{mean:.5f}" + (f" ± {std:.5f}" if std is not None else ""),
+            "seeds": ", ".join(str(r["seed"]) for r in runs if r.get("seed") is not None) or "-",
+            "artifact": f"{max(sizes + counted):,}" if sizes or counted else "-",
+            "findings": [(f.severity, f.check, (f.file or ".") + (f":{f.line}" if f.line else ""), f.message)
+                         for f in findings],
+            "counts": rep.counts,
+        })
+    for name, message in broken:
+        rows.append({"record": name, "track": "", "verdict": "fail", "score": "", "seeds": "-", "artifact": "-",
+                     "findings": [("error", "golf-verify", name, message)], "counts": {"error": 1}})
+    return rows
+
+
+def _md(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def render_audit(reports: list[Report], broken: list[tuple[str, str]] = (), *, html: bool = False) -> str:
+    """One row per record: score (mean ± std over the seed logs), seeds, artifact bytes (the largest, as
+    counted), verdict, and the error and warning findings with file:line. Markdown, or HTML."""
+    rows = _audit_rows(reports, list(broken))
+    verdicts = {v: sum(1 for r in rows if r["verdict"] == v) for v in ("pass", "pending", "fail")}
+    title = (f"golf-verify audit: {len(rows)} record folder(s): {verdicts['pass']} pass, {verdicts['pending']} "
+             f"pending, {verdicts['fail']} fail")
+    head = ["record", "track", "val_bpb", "seeds", "artifact bytes", "verdict", "findings (error/warning)"]
+    if html:
+        from html import escape
+
+        out = ["<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\"><title>golf-verify audit</title>",
+               "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
+               "padding:4px;vertical-align:top}.fail{color:#b00}.pass{color:#070}.pending{color:#066}"
+               ".error{color:#b00}.warning{color:#a60}</style></head><body>",
+               f"<h1>{escape(title)}</h1>", "<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+        for r in rows:
+            items = "".join(f"<li class=\"{escape(sev)}\">{escape(sev)} <code>{escape(check)}</code> "
+                            f"<code>{escape(where)}</code>: {escape(msg)}</li>" for sev, check, where, msg in r["findings"])
+            cells = [escape(r["record"]), escape(r["track"]), escape(r["score"]), escape(r["seeds"]),
+                     escape(r["artifact"]), f"<span class=\"{r['verdict']}\">{r['verdict'].upper()}</span>",
+                     f"<ul>{items}</ul>" if items else ""]
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        out += ["</table>", "</body></html>", ""]
+        return "\n".join(out)
+    out = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        items = "<br>".join(f"{sev} `{check}` `{_md(where)}`: {_md(msg)}" for sev, check, where, msg in r["findings"])
+        out.append("| " + " | ".join([_md(r["record"]), r["track"], r["score"], _md(r["seeds"]), r["artifact"],
+                                      f"**{r['verdict'].upper()}**", items]) + " |")
+    return "\n".join(out) + "\n"

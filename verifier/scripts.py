@@ -14,9 +14,14 @@ import binascii
 import hashlib
 import json
 import lzma
+import re
+import textwrap
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from verifier.codeflow import Program, analyse
+from verifier.pysource import parse
 
 __all__ = ["ScriptInfo", "script_info", "unwrap", "load_script_facts", "facts_for_folder", "GENERATED_MARK"]
 
@@ -44,15 +49,61 @@ class ScriptInfo:
     golf_generated: bool = False
     text: str | None = field(default=None, repr=False)  # unwrapped source, for static checks
     problems: list[str] = field(default_factory=list)
+    _parsed: object = field(default=None, repr=False, compare=False)
+    _program: object = field(default=None, repr=False, compare=False)
 
     @property
     def effective_lines(self) -> int:
         return self.unwrapped_lines if self.unwrapped_lines is not None else self.lines
 
+    @property
+    def wrapped(self) -> bool:
+        return self.wrapper not in ("none", "unknown")
+
+    @property
+    def parsed(self):
+        """verifier.pysource.Parsed of the (unwrapped) source, parsed once; None without a source."""
+        if self.text is None:
+            return None
+        if self._parsed is None:
+            self._parsed = parse(self.text)
+        return self._parsed
+
+    @property
+    def program(self):
+        """The validation-data model of the (unwrapped) source (verifier.codeflow), built once per
+        content; None without a source. Line numbers of a wrapped script are lines of its decoded
+        payload (see `where`)."""
+        if self.text is None:
+            return None
+        if self._program is None:
+            self._program = program_for(self.text, self)
+        return self._program
+
+    def release(self) -> None:
+        """Drop the syntax tree and the analysis (they hold reference cycles; see verify_folder)."""
+        if self._program is not None:
+            self._program.release()
+        self._program = self._parsed = None
+
+    def where(self, line: int | None) -> str:
+        """`line N` or, for a self-extracting script, `line N of the decoded payload`."""
+        if line is None:
+            return ""
+        return f"line {line} of the decoded {self.wrapper} payload" if self.wrapped else f"line {line}"
+
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("text", None)
-        return out
+        return {k: v for k, v in asdict(self).items() if k not in ("text", "_parsed", "_program")}
+
+
+def program_for(text: str, info: "ScriptInfo | None" = None):
+    """codeflow.Program of a source text (a parse problem becomes Program.problem)."""
+    parsed = info.parsed if info is not None else parse(text)
+    if parsed.tree is None:
+        prog = Program()
+        prog.problem, prog.problem_line = parsed.problem, parsed.line
+        return prog
+    return analyse(parsed.tree)
 
 
 def _line_count(text: str) -> int:
@@ -154,19 +205,35 @@ def _find_payload(tree: ast.AST) -> tuple[str, bytes] | None:
     return None
 
 
+_EXEC_LINE = re.compile(r"^.*\bexec\s*\(.*\bdecompress\s*\(", re.M)
+SMALL_SCRIPT_LINES = 40
+
+
+def _wrapper_tree(text: str) -> ast.Module | None:
+    """The syntax tree of the statement that may unpack a payload (`exec(<x>.decompress(...))`), read
+    without parsing a whole large script: a small file is parsed whole, a large one only from the
+    line that calls exec(...decompress(...)."""
+    if "decompress" not in text or "decode" not in text or "exec" not in text:
+        return None
+    if text.count("\n") <= SMALL_SCRIPT_LINES:
+        return parse(text).tree
+    for m in _EXEC_LINE.finditer(text):
+        rest = text[m.start():].split("\n", SMALL_SCRIPT_LINES)
+        for n in range(1, len(rest) + 1):
+            tree = parse(textwrap.dedent("\n".join(rest[:n]))).tree
+            if tree is not None:
+                return tree
+    return None
+
+
 def unwrap(text: str) -> tuple[str, str, list[str]]:
     """(wrapper, unwrapped_text, problems). `wrapper` is "none" for an ordinary script."""
     problems: list[str] = []
     wrapper = "none"
     current = text
     for _ in range(MAX_DEPTH):
-        if "decompress" not in current or "decode" not in current:
-            break
-        try:
-            tree = ast.parse(current)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            # Not parseable by this Python (or not Python at all): nothing further to unwrap.
-            # Newer syntax in an unwrapped payload is common, so this is not a problem by itself.
+        tree = _wrapper_tree(current)
+        if tree is None:
             break
         try:
             found = _find_payload(tree)

@@ -198,6 +198,7 @@ class Policy:
     test: str
     min_seeds: int
     source: str
+    code_counted: str = "shipped"  # "shipped": the code bytes the folder ships; "as-logged": what the logs counted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,9 +223,11 @@ def load_policy(name_or_path: str | Path | None = None) -> Policy:
         policy = Policy(id=str(data["id"]), version=int(data["version"]), title=str(data.get("title", "")),
                         alpha=float(data["alpha"]), margin_nats=float(data["margin_nats"]),
                         test=str(data.get("test", "welch-one-sided")), min_seeds=int(data.get("min_seeds", 3)),
-                        source=str(data.get("source", "")))
+                        source=str(data.get("source", "")), code_counted=str(data.get("code_counted", "shipped")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"policy {name!r} is malformed: {exc}") from None
     if not (0 < policy.alpha < 1) or policy.margin_nats < 0:
         raise ValueError(f"policy {name!r}: alpha must be in (0, 1) and margin_nats >= 0")
+    if policy.code_counted not in ("shipped", "as-logged"):
+        raise ValueError(f"policy {name!r}: code_counted must be 'shipped' or 'as-logged'")
     return policy

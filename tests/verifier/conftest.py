@@ -19,27 +19,20 @@ from verifier_builders import CORPUS, corpus_folders, write_record  # noqa: E402
 
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    if not (CORPUS / "SCRIPTS.json").is_file():
-        pytest.skip("the shared corpus ../shared/upstream-records (beside the repository) is not present")
+    if not (CORPUS / "track_10min_16mb").is_dir():
+        pytest.skip("the public records ../shared/upstream/records (beside the repository) are not present")
     return CORPUS
 
 
 @pytest.fixture(scope="session")
-def script_facts(corpus):
-    from verifier import load_script_facts
-
-    return load_script_facts(corpus / "SCRIPTS.json")
-
-
-@pytest.fixture(scope="session")
-def corpus_reports(corpus, script_facts):
-    """Every corpus folder verified once per session: {'track/folder': Report}."""
+def corpus_reports(corpus):
+    """Every corpus folder verified once per session (each script parsed once): {'track/folder': Report}."""
     from verifier import verify_folder
 
     out = {}
     for folder in corpus_folders():
         key = f"{folder.parent.name}/{folder.name}"
-        out[key] = verify_folder(folder, script_facts=script_facts, display=key)
+        out[key] = verify_folder(folder, display=key)
     return out
 
 

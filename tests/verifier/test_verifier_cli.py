@@ -97,7 +97,8 @@ def test_script_facts_option(record, tmp_path):
     key = f"{folder.parent.name}/{folder.name}/train_gpt.py"
     facts.write_text(json.dumps({key: {"bytes": code_len, "lines": 1600, "sha256": "0" * 64, "wrapper": "none"}}))
     out = json.loads(run([folder, "--format", "json", "--script-facts", facts]).output)
-    assert out["summary"]["facts_mode"] and [f["check"] for f in out["findings"]] == ["code.lines"]
+    assert out["summary"]["facts_mode"] and [f["check"] for f in out["findings"]] == []
+    assert {"check": "ttt.static", "reason": "script source not available (script facts only)"} in out["skipped"]
     assert run([folder, "--script-facts", tmp_path / "nope.json"]).exit_code == 2
 
 
@@ -109,3 +110,40 @@ def test_pending_folder_exits_zero(record, fmt):
                      "submission.json": submission(track="10min_16mb", status="pending", seeds=[1],
                                                    packager={"version": "0.1.0", "recipe_sha256": "a" * 64})})
     assert run([folder, "--format", fmt]).exit_code == 0
+
+
+def test_ci_checks_every_folder_of_a_track_and_fails_an_incomplete_one(record, tmp_path):
+    good = record(three_seed_record(), name="2026-05-01_Good")
+    log_only = record({"train.log": "step:1/10 train_loss:2.0\n"}, name="2026-05-02_LogOnly")
+    record({}, name="2026-05-03_Empty")
+    root = good.parent.parent
+    result = run(["--ci", root, "--format", "text"])
+    assert result.exit_code == 1 and "3 record folder(s): 1 pass, 0 pending, 2 fail" in result.output
+    assert f"fail: {log_only}" in result.output and "no submission.json in the folder" in result.output
+    one = run(["--ci", good, "--format", "text"])
+    assert one.exit_code == 0 and "1 record folder(s): 1 pass" in one.output
+
+
+def test_a_folder_of_records_without_ci_is_a_usage_error(record):
+    good = record(three_seed_record(), name="2026-05-01_Good")
+    for root in (good.parent, good.parent.parent):
+        result = CliRunner().invoke(main, [str(root)])
+        assert result.exit_code == 2 and "golf-verify --ci" in result.output and "record folder(s)" in result.output
+
+
+def test_ci_report_markdown_and_html(record, tmp_path):
+    record(three_seed_record(), name="2026-05-01_Good")
+    bad = record(three_seed_record(json_bpb=1.20001234), name="2026-05-02_Bad")
+    root = bad.parent.parent
+    md, html = tmp_path / "audit.md", tmp_path / "audit.html"
+    assert run(["--ci", root, "--report", md]).exit_code == 1
+    text = md.read_text()
+    assert text.startswith("# golf-verify audit: 2 record folder(s): 1 pass, 0 pending, 1 fail")
+    row = next(line for line in text.splitlines() if "2026-05-02_Bad" in line)
+    assert "**FAIL**" in row and "error `score.mean` `submission.json`" in row and "1.20101" in row
+    assert "1337, 42, 7" in row and "15,802,000" in row
+    assert run(["--ci", root, "--report", html]).exit_code == 1
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<tr>") == 3 and "score.mean" in page
+    assert run([root / "track_10min_16mb" / "2026-05-01_Good", "--report", md]).exit_code == 2
+    assert run(["--ci", root, "--report", tmp_path / "audit.txt"]).exit_code == 2

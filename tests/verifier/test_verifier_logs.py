@@ -257,3 +257,65 @@ def test_parse_log_is_fast_on_a_large_log():
     assert s.final is not None
     assert time.perf_counter() - start < 2.0
     assert not math.isnan(s.final.val_bpb)
+
+
+# One sample line per line family of verifier.logs.FAMILIES and what it must set: adding a family is one
+# entry in the table and one entry here.
+FAMILY_SAMPLES = {
+    "eval-limited": ("  eval: 500 batches (limited)", lambda s: s.partial_eval_lines == [1]),
+    "hparams-block-item": ("  seed: 7", lambda s: s.seed == 7),
+    "step": ("step:10/20 train_loss:2.0 train_time:500ms step_avg:50.00ms", lambda s: s.steps == 10),
+    "step-later": ("10/20 train_loss: 2.0 train_time: 0.5m tok/s: 1", lambda s: s.train_time_ms == 30000.0),
+    "ttt-progress": ("tttg: c1/10 lr:0.1 t:1.0s", lambda s: not s.problems),
+    "score": ("final_int8_zlib_roundtrip val_loss:2.0 val_bpb:1.2 eval_time:10ms", lambda s: s.final.val_bpb == 1.2),
+    "golf-result": ('golf_result_json:{"seed": 3}', lambda s: s.seed == 3),
+    "stop": ("stopping_early: wallclock_cap train_time:600100ms step:9/20", lambda s: s.train_time_ms == 600100),
+    "total-size": ("Total submission size int6+zstd: 1234 bytes", lambda s: s.total_bytes == 1234),
+    "serialized": ("Serialized model int6+zstd: 1000 bytes", lambda s: s.model_bytes == 1000),
+    "code-size": ("Code size: 234 bytes", lambda s: s.code_bytes == 234),
+    "golf-code": ("code_sha256:" + "a" * 64 + " code_bytes:99", lambda s: s.code_bytes == 99),
+    "artifact-code": ("artifact: model:10 code:77 total:87", lambda s: s.code_bytes == 77),
+    "budget": ("budget:15900000/16000000", lambda s: s.total_bytes == 15900000),
+    "total-pipe": ("int8 model: 10 bytes | Total submission: 20 bytes", lambda s: s.total_bytes == 20),
+    "raw-model-code": ("Raw model: 10 bytes | Code: 5 bytes", lambda s: s.code_bytes == 5),
+    "script-size": ("[x] Script size: 42 bytes", lambda s: s.code_bytes == 42),
+    "mb-code": ("  int6: 15.80MB model + 0.06MB code = 15.86/16.00MB", lambda s: s.total_bytes == 15860000),
+    "gptq": ("gptq:reserving 12s, effective=588000ms", lambda s: s.gptq_reserve_ms == 12000.0),
+    "post-gptq": ("wallclock:post_gptq total_elapsed:610.5s train_budget:600.0s", lambda s: s.post_stop_elapsed_s == 610.5),
+    "total-eval": ("total_eval_time:332.1s", lambda s: s.total_eval_time_s == 332.1),
+    "ttt-note": ("ttt_lora:compile warmup done (85.8s)", lambda s: s.compile_warmup_s == 85.8),
+    "eval-only": ("TTT_EVAL_ONLY=1, skipping training", lambda s: s.eval_only),
+    "seed": ("seed:1337", lambda s: s.seed == 1337),
+    "hparam": ("hparam vocab_size=1024", lambda s: s.vocab_size == 1024),
+    "hparams-block": ("Hyperparameters:", lambda s: not s.problems),
+    "val-loader": ("val_loader:shards pattern=./data/x/fineweb_val_*.bin tokens:62021632", lambda s: s.val_tokens == 62021632),
+    "val-tokens": ("val_tokens: 40540160", lambda s: s.val_tokens == 40540160),
+    "train-shards": ("train_shards: 80", lambda s: s.train_shards == 80),
+    "world-size": ("world_size:8 grad_accum_steps:1", lambda s: s.world_size == 8),
+    "gpu-row": ("|   0  NVIDIA H100 80GB HBM3          On  |   00000000:18:00.0 Off |", lambda s: s.gpus == ["NVIDIA H100 80GB HBM3"]),
+    "torch-version": ("Running Python 3.12.1 PyTorch 2.9.1 device:8xNVIDIA H100", lambda s: s.device == "8xNVIDIA H100"),
+    "key-value-config": ("seed=5 a=1 b=2 c=3 d=4 e=5 f=6 g=7", lambda s: s.seed == 5),
+    "mentions": ("loading tokenizer_path=./data/tokenizers/fineweb_1024_bpe.model", lambda s: s.tokenizer == "sp1024"),
+}
+
+
+def test_every_line_family_has_a_sample():
+    from verifier.logs import FAMILIES
+
+    names = [f.name for f in FAMILIES]
+    assert len(names) == len(set(names)) and set(names) == set(FAMILY_SAMPLES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_SAMPLES))
+def test_line_family(family):
+    line, expect = FAMILY_SAMPLES[family]
+    assert expect(parse_log(line + "\n")), family
+
+
+def test_a_log_that_starts_with_its_source_is_skipped_up_to_the_rule():
+    source = ['"""A training script."""', "import os", "def main(device: torch.device):",
+              '    log0(f"final_int8_zlib_roundtrip val_loss:{x:.4f} val_bpb:{y:.4f}")', "seed:99"]
+    text = "\n".join(source + ["=" * 100, "seed:1337",
+                               "final_int8_zlib_roundtrip val_loss:2.0 val_bpb:1.2 eval_time:10ms"]) + "\n"
+    s = parse_log(text)
+    assert s.echo_lines_skipped == len(source) + 1 and s.seed == 1337 and s.device is None and s.seeds_printed == [1337]

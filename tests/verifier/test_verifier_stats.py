@@ -97,7 +97,8 @@ def test_policies_are_versioned_data(tmp_path):
     assert {"readme-2026-03", "leaderboard-2026-04"} <= set(available_policies())
     readme, board = load_policy("readme-2026-03"), load_policy("leaderboard-2026-04")
     assert (readme.alpha, readme.margin_nats, readme.min_seeds) == (0.01, 0.005, 3)
-    assert board.alpha == 0.25 and "#1900" in board.source
+    assert board.alpha == 0.25 and board.margin_nats == 0.0 and "#1900" in board.source and "#2146" in board.source
+    assert (readme.code_counted, board.code_counted) == ("shipped", "as-logged")
     custom = tmp_path / "p.json"
     custom.write_text(json.dumps({"id": "mine", "version": 2, "alpha": 0.05, "margin_nats": 0.001}))
     assert load_policy(str(custom)).alpha == 0.05
@@ -119,6 +120,8 @@ def test_significance_check_against_a_number_and_a_folder(record):
     assert g.severity == "error" and "not < 0.01" in g.message
     lenient = verify_folder(new_folder, sota_loss=2.0310, policy="leaderboard-2026-04")
     assert lenient.policy["id"] == "leaderboard-2026-04"
+    (k,) = lenient.by_check("stats.significance")
+    assert k.severity == "info" and k.evidence["margin"] == 0.0  # practice: any improvement at p < 0.25
     old = record(three_seed_record(bpbs=(1.21001234, 1.21051234, 1.21101234)), name="2026-04-01_Old")
     welch = verify_folder(new_folder, against=old)
     (h,) = welch.by_check("stats.significance")

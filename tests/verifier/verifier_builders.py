@@ -11,13 +11,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
 ROOT_HINT = ROOT
-CORPUS = ROOT / ".." / "shared" / "upstream-records"  # the shared corpus beside the repository
+CORPUS = ROOT / ".." / "shared" / "upstream" / "records"  # the public records, byte for byte, beside the repository
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "legality"
 
 
 def corpus_folders() -> list[Path]:
+    """Every record folder of the public corpus: each direct child of a track folder."""
     if not CORPUS.is_dir():
         return []
     return sorted(p for p in CORPUS.glob("track_*/*") if p.is_dir())
+
+
+def fixture_script(name: str) -> str:
+    """A legality fixture (tests/verifier/fixtures/legality/<name>.py) after their shared head."""
+    return (FIXTURES / "common.py").read_text(encoding="utf-8") + "\n\n" + (FIXTURES / f"{name}.py").read_text(
+        encoding="utf-8")
 
 SP1024_TOKENS = 62021632
 SP8192_TOKENS = 40540160

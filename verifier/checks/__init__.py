@@ -84,11 +84,34 @@ def run_checks(analysis, only: Iterable[str] | None = None) -> list[Finding]:
                                     hint=internal.hint, rule=internal.rule))
             continue
         findings.extend(emit.findings)
+    folder = getattr(analysis, "folder", None)  # the rerun checks run on a stand-in without a folder
+    if folder is not None and folder.golf_pack:
+        _golf_pack_hints(analysis, findings)
     return findings
 
 
+_GENERATED = ("submission.json", "README.md", "train_gpt.py", "requirements.txt", "recipe.yaml")
+
+
+def _golf_pack_hints(analysis, findings: list[Finding]) -> None:
+    """golf-pack output: a finding on a generated file is fixed by re-running golf-pack, never by hand."""
+    manifest = analysis.folder.manifest or {}
+    generated = set(manifest.get("files") or ()) if isinstance(manifest.get("files"), dict) else set(_GENERATED)
+    for f in findings:
+        if f.severity == "info" or f.file not in generated:
+            continue
+        if f.file == "train_gpt.py" or f.file == "recipe.yaml":
+            f.hint = ("This folder is golf-pack output: change the recipe and re-render with `golf-pack "
+                      "<recipe or folder>`; do not edit the generated train_gpt.py (golf-pack refuses to "
+                      "overwrite a hand-edited file). " + f.hint)
+        else:
+            f.hint = (f"This folder is golf-pack output: re-run `golf-pack <folder>`, which rewrites {f.file} from "
+                      f"the recipe and the seed logs; do not edit {f.file} by hand.")
+
+
 # Registration order is the order of docs/checks.md.
-for _module in ("files", "schema", "sizes", "scores", "seeds", "timing", "code", "data", "ttt", "significance", "rerun",
+for _module in ("files", "schema", "sizes", "scores", "seeds", "timing", "code", "data", "ttt", "legality", "environment",
+                "significance", "rerun",
                 "probes"):
     importlib.import_module(f"verifier.checks.{_module}")
 

@@ -11,18 +11,78 @@ def _log_total_desc(s) -> str:
     return f"Total submission size {s.total_label}" if s.total_label and s.total_label not in ("budget",) else "total"
 
 
+def code_accounting(a, s) -> dict | None:
+    """How one log's total counted the code, against what the folder ships (verifier.artifact).
+
+    logged_code: the code bytes inside the log's total (total - model when both are printed, else the
+    printed code size); shipped_code: the main script as shipped plus every file it loads."""
+    main = a.folder.scripts.get(a.folder.main_script or "")
+    if s.total_bytes is None or main is None or a.folder.facts_mode:
+        return None
+    helpers = a.loaded
+    shipped = main.bytes + sum(x.bytes for x in helpers)
+    if s.model_bytes is not None and s.total_label not in (None, "budget") and s.total_bytes > s.model_bytes:
+        logged = s.total_bytes - s.model_bytes
+    elif s.code_bytes is not None and not s.code_bytes_approx:
+        logged = s.code_bytes
+    else:
+        logged = None
+    compressed = logged is not None and s.code_bytes_compressed == logged and logged < main.bytes
+    uncounted = [x for x in helpers if logged is not None and logged < shipped and logged in (
+        main.bytes, s.code_bytes_compressed)] if helpers else []
+    if logged is None:  # the log does not say: take it that the main script was counted, the helpers not
+        uncounted = list(helpers)
+        logged = main.bytes
+    return {"logged_code": logged, "shipped_code": shipped, "compressed": compressed,
+            "uncounted": uncounted, "as_logged": s.total_bytes + sum(x.bytes for x in uncounted),
+            "shipped_total": s.total_bytes - logged + shipped}
+
+
 @check("size.artifact-cap", title="Artifact over 16,000,000 bytes", severity="error",
-       rule="README: artifact = code bytes + compressed model bytes <= 16,000,000 (decimal, not MiB)",
-       hint="Shrink the model or the code (stronger compression, fewer parameters) until every seed fits.",
-       description="Every log's reported total (`Total submission size <label>`, `budget:N/16000000`, "
-                   "golf_result_json bytes_total, ...) and the JSON's bytes_total / per-seed artifact bytes "
-                   "must be at most 16,000,000. Any single seed over the cap fails the record.")
+       rule="README: artifact = code bytes + compressed model bytes <= 16,000,000 (decimal, not MiB); the code "
+            "is train_gpt.py and every file it loads at run time (CHALLENGE: helper files, C++ kernels)",
+       hint="Shrink the model or the code (stronger compression, fewer parameters) until every seed fits, "
+            "counting every file the script loads.",
+       description="Every log's artifact must be at most 16,000,000 bytes: its reported total (`Total "
+                   "submission size <label>`, `budget:N/16000000`, golf_result_json bytes_total, ...) plus the "
+                   "shipped files the script loads that the log did not count (verifier.artifact: imports, "
+                   "opened/exec'd/compiled files, any position on a line, transitively). When a log counted a "
+                   "compressed code size while the folder ships the readable script, both totals are reported "
+                   "and the policy decides: readme-2026-03 counts the shipped bytes, leaderboard-2026-04 the "
+                   "logged ones. The JSON's bytes_total / per-seed artifact bytes must fit too. Any seed over "
+                   "the cap fails the record.")
 def artifact_cap(a, emit):
+    shipped_policy = a.policy.code_counted == "shipped"
     for name in sorted(a.folder.logs):
         s = a.folder.logs[name]
-        if s.total_bytes is not None and s.total_bytes - s.total_tolerance > CAP:
-            emit(f"{_log_total_desc(s)} is {s.total_bytes:,} bytes, {s.total_bytes - CAP:,} over the cap",
-                 file=name, line=s.total_line, total_bytes=s.total_bytes, cap=CAP, seed=s.seed)
+        if s.total_bytes is None:
+            continue
+        acc = code_accounting(a, s)
+        base = dict(file=name, line=s.total_line, seed=s.seed, cap=CAP, logged_total=s.total_bytes)
+        if acc is None:
+            if s.total_bytes - s.total_tolerance > CAP:
+                emit(f"{_log_total_desc(s)} is {s.total_bytes:,} bytes, {s.total_bytes - CAP:,} over the cap",
+                     total_bytes=s.total_bytes, **base)
+            continue
+        counted, other = ((acc["shipped_total"], acc["as_logged"]) if shipped_policy
+                          else (acc["as_logged"], acc["shipped_total"]))
+        notes = [f"the log did not count {x.name} ({x.bytes:,} bytes, {x.how} by {x.by})" for x in acc["uncounted"]]
+        if acc["as_logged"] != acc["shipped_total"]:
+            notes.append(f"as logged {acc['as_logged']:,} bytes ({acc['logged_code']:,} code bytes"
+                         f"{', compressed' if acc['compressed'] else ''}), with the shipped code "
+                         f"({acc['shipped_code']:,} bytes) {acc['shipped_total']:,} bytes; policy {a.policy.id} "
+                         f"counts the {'shipped' if shipped_policy else 'logged'} code")
+        detail = "".join("; " + n for n in notes)
+        evidence = dict(total_bytes=counted, logged_code=acc["logged_code"], shipped_code=acc["shipped_code"],
+                        as_logged=acc["as_logged"], shipped_total=acc["shipped_total"],
+                        uncounted=[x.name for x in acc["uncounted"]], **base)
+        if counted - s.total_tolerance > CAP:
+            emit(f"the artifact is {counted:,} bytes, {counted - CAP:,} over the cap{detail}", **evidence)
+        elif notes:
+            over = other - s.total_tolerance > CAP
+            emit(f"the artifact fits ({counted:,} bytes){detail}"
+                 + (f"; the other count ({other:,} bytes) is over the cap" if over else ""),
+                 severity="warning" if over else "info", **evidence)
     c = a.claims
     if c is None:
         return

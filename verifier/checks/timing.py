@@ -52,6 +52,11 @@ def train_time(a, emit):
                  f"{s.post_stop_calibration_source or 'unknown'}", file=src, severity="info",
                  post_stop_elapsed_s=s.post_stop_elapsed_s, calibration=s.post_stop_calibration_source,
                  seed=run.seed)
+    for name, s in a.other_logs():
+        if s.train_time_ms is not None and s.train_time_ms > limit_ms + TRAIN_TOLERANCE_MS:
+            emit(f"trained {s.train_time_ms / 1000:.3f} s (> {LIMIT_S:.0f} s) in a log not counted for any seed",
+                 file=name, line=s.stop_line, severity="warning", train_time_ms=s.train_time_ms, seed=s.seed,
+                 counted=False)
 
 
 @check("time.eval", title="Evaluation over 600 s", severity="error",
@@ -79,6 +84,11 @@ def eval_time(a, emit):
                  f"{s.eval_timed_s or 0:.1f} s", file=run.log, line=s.final.line if s.final else None,
                  severity="warning", end_to_end_s=s.eval_end_to_end_s, method=s.eval_end_to_end_method,
                  script_eval_s=s.eval_timed_s, compile_warmup_s=s.compile_warmup_s, seed=run.seed)
+    for name, s in a.other_logs():
+        if s.final is not None and s.eval_timed_s is not None and s.eval_timed_s > LIMIT_S + EVAL_TOLERANCE_S:
+            emit(f"the script reports {s.eval_timed_s:.1f} s of evaluation (> {LIMIT_S:.0f} s) in a log not counted "
+                 f"for any seed", file=name, line=s.final.line, severity="warning", eval_time_s=s.eval_timed_s,
+                 seed=s.seed, counted=False)
 
 
 @check("hardware.track", title="Not the track's hardware", severity="warning",
@@ -89,15 +99,17 @@ def eval_time(a, emit):
 def hardware(a, emit):
     if not a.record_track:
         return
-    for run in a.runs:
-        s = run.summary
+    logs = [(run.log, run.summary, run.seed, None) for run in a.runs]
+    logs += [(name, s, s.seed, "info") for name, s in a.other_logs() if s.final is not None]
+    for log, s, seed, sev in logs:
         names = set(s.gpus)
         if s.device:
             names.add(s.device)
         bad = sorted(n for n in names if "H100" not in n and n.lower() != "cpu")
+        note = " (a log not counted for any seed)" if sev else ""
         if s.world_size is not None and s.world_size != 8:
-            emit(f"world size {s.world_size}, not 8", file=run.log, world_size=s.world_size, seed=run.seed)
+            emit(f"world size {s.world_size}, not 8{note}", file=log, severity=sev, world_size=s.world_size, seed=seed)
         elif bad:
-            emit(f"the log shows {', '.join(bad)}, not H100", file=run.log, gpus=bad, seed=run.seed)
+            emit(f"the log shows {', '.join(bad)}, not H100{note}", file=log, severity=sev, gpus=bad, seed=seed)
         elif s.device and s.device.lower().startswith("cpu"):
-            emit("the run was on CPU", file=run.log, device=s.device, seed=run.seed)
+            emit(f"the run was on CPU{note}", file=log, severity=sev, device=s.device, seed=seed)
