@@ -24,6 +24,7 @@ from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
 from packager.runtime.features import HP, feature
+from packager.runtime.gptq import kind_summary, timed_hessians
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
 from packager.runtime.qat import configure_qat, qat_active, set_qat
@@ -124,6 +125,10 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
           averager=None):
     """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
     max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    if feature("gptq"):
+        if max_ms is not None and args.gptq:  # calibration reads training data: it counts as training time
+            max_ms -= 1000.0 * args.gptq_reserve_seconds
+            log0(f"gptq:reserving {args.gptq_reserve_seconds:.1f}s, effective={max_ms:.0f}ms")
     train_ms, stop_after, step = 0.0, None, 0
     if feature("qat"):
         qat_on = False
@@ -177,11 +182,15 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
             stop_after = step
 
 
-def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0):
+def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0,
+                      hessians=None):
     """Quantize + compress the trained weights, write the artifact, then load the model back
     from the bytes on disk so the final score is the score of what would be shipped."""
     size_label, _ = export_label(args)
-    blob, stats = export_model(args, base_model.state_dict())
+    blob, stats = export_model(args, base_model.state_dict(), hessians)
+    if feature("gptq"):
+        if "kinds" in stats:
+            log0("Quantized weights:\n" + "\n".join(kind_summary(stats["kinds"])))
     path = out_dir / f"final_model.{size_label.split('+')[0]}.ptz"
     if master:
         path.write_bytes(blob)
@@ -272,9 +281,16 @@ def main() -> None:
     if averager is not None:
         log0(f"averaging:{averager.apply_to(base_model)}")
 
+    hessians = None
+    if feature("gptq"):
+        calibration_ms = 0.0
+        if args.gptq:
+            hessians, calibration_ms = timed_hessians(args, base_model, loader, grad_accum_steps, device, log0)
+            log0(f"gptq:train_time_with_calibration:{train_ms + calibration_ms:.0f}ms")
+
     # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
-    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
+    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0, hessians)
     final_name = f"final_{export_label(args)[1]}_roundtrip"
     ledger = Ledger(rank, val_tokens.numel())
     ledger.begin("roundtrip")
@@ -303,6 +319,8 @@ def main() -> None:
         "torch": torch.__version__, "python": python_version(),
         "packager_version": PACKAGER_VERSION, "recipe_sha256": RECIPE_SHA256,
     }
+    if feature("gptq"):
+        result["calibration_ms"] = round(calibration_ms)
     log0("golf_result_json:" + json.dumps(result, sort_keys=True))
     log0.close()
     if distributed:
