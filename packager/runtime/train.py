@@ -24,6 +24,8 @@ from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
 from packager.runtime.features import HP, feature
+from packager.runtime.caseops import load_byte_sidecar
+from packager.runtime.evalonly import eval_only
 from packager.runtime.gptq import kind_summary, timed_hessians
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
@@ -216,6 +218,24 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
     return name, loss, bpb, ms
 
 
+def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
+    """Every eval path of the recipe on the loaded weights, round trip first: [(name, loss, bpb, ms)]."""
+    final_name = f"final_{export_label(args)[1]}_roundtrip"
+    ledger = Ledger(rank, val_tokens.numel())
+    ledger.begin("roundtrip")
+    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+    if feature("sliding"):
+        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+    if feature("ttt"):
+        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
+        paths.append(timed_eval(device, log0, lambda: eval_ttt(
+            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+    ledger.write()
+    return paths
+
+
 def main() -> None:
     args = Hyperparameters()
     # A missing compressor or a bad quantization setting must fail now, not after training.
@@ -245,6 +265,10 @@ def main() -> None:
     val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
     val_tokens = load_validation_tokens(val_files, args.train_seq_len)
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
+    if feature("caseops"):
+        if args.caseops_enabled:  # val_bpb counts the original text's bytes, from the sidecar
+            luts = (*luts, load_byte_sidecar(args, val_tokens, device))
+            log0(f"val_bpb:byte_sidecar original_bytes:{int(luts[3][1:].sum())}")
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
@@ -261,6 +285,11 @@ def main() -> None:
     log0(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
     log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     log0(f"seed:{args.seed}")
+
+    if feature("eval_only"):
+        if args.eval_only_path:
+            return eval_only(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts,
+                             log0, final_scores)
 
     def eval_fn(m):
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
@@ -291,19 +320,7 @@ def main() -> None:
     # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0, hessians)
-    final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
-    if feature("sliding"):
-        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
-    if feature("ttt"):
-        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
-        paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+    paths = final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0)
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
