@@ -131,3 +131,38 @@ def test_adapters_cover_every_site_and_each_pass():
         assert not torch.allclose(model.hidden(x), base)
         adapters.remove()
         assert torch.equal(model.hidden(x), base)
+
+
+@pytest.mark.slow
+def test_rendered_phased_script_on_two_ranks_and_eval_only_reproduces_it(tiny_data, tmp_path):
+    """End to end: GPTQ + LQER + brotli + phased TTT rendered (wrapped), two gloo ranks on the tiny data;
+    then EVAL_ONLY_PATH scores the saved artifact without training and gets the same TTT score."""
+    import re
+    import yaml
+    from click.testing import CliRunner
+
+    from packager.cli import pack
+    from tests.test_e2e import BASELINE, run_torchrun, smoke_env
+
+    recipe = yaml.safe_load(BASELINE.read_text())
+    recipe["identity"].update(name="Phased e2e", slug="PhasedE2E")
+    recipe["export"] = {"compressor": "brotli", "compress_level": 5, "gptq": True, "embed_bits": 7,
+                        "lqer_enabled": True, "byte_shuffle": 2, "gptq_calibration_batches": 2}
+    recipe["eval"] = {"seq_len": 128}
+    recipe["ttt"] = {"mode": "phased", "lora_rank": 4, "chunk_len": 64, "batch_docs": 8, "prefix_docs": 20,
+                     "num_phases": 2, "global_chunk_tokens": 2048, "global_batch_seqs": 4}
+    recipe["code"] = {"wrap": "lzma_b85"}
+    path = tmp_path / "phased.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    folder = tmp_path / "rec"
+    assert CliRunner().invoke(pack, [str(path), "--out", str(folder)]).exit_code == 0
+    assert (folder / "train_gpt.py").read_text().count("\n") < 1500
+    env = smoke_env(tiny_data, ITERATIONS="4", MODEL_DIM="128", NUM_LAYERS="2", TRAIN_LOG_EVERY="0")
+    first = run_torchrun(folder, 2, env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    score = re.search(r"^quantized_ttt_phased_exact (.*)$", first.stdout, re.M).group(1)
+    assert "ttpp: phase:2/2" in first.stdout and "GPTQ:collected" in first.stdout
+    again = run_torchrun(folder, 2, dict(env, EVAL_ONLY_PATH="final_model.int6.ptz"), timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "eval_only: final_model.int6.ptz" in again.stdout and "step:" not in again.stdout
+    assert re.search(r"^quantized_ttt_phased_exact (.*)$", again.stdout, re.M).group(1) == score
