@@ -163,12 +163,14 @@ def data_caseops(out: Path, vocab_size: int) -> None:
 
 @data.command("tiny")
 @click.argument("out", type=click.Path(path_type=Path))
-def data_tiny(out: Path) -> None:
+@click.option("--vocab", "vocab_size", type=int, default=1024, show_default=True,
+              help="Tokenizer vocabulary: 1024, 4096 and 8192 as the challenge's sp1024/sp4096/sp8192 data.")
+def data_tiny(out: Path, vocab_size: int) -> None:
     """Build the tiny dataset (tokenizer + FineWeb-format shards) from Python's own docs."""
     from packager.tinydata import build_tiny_dataset
 
     try:
-        summary = build_tiny_dataset(out)
+        summary = build_tiny_dataset(out, vocab_size=vocab_size)
     except UserError as exc:
         _fail(exc)
     except (ValueError, FileExistsError) as exc:

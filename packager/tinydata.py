@@ -1,4 +1,4 @@
-"""`golf-data tiny OUT`: a small, offline stand-in for the challenge's FineWeb data.
+"""`golf-data tiny OUT [--vocab N]`: a small, offline stand-in for the challenge's FineWeb data.
 
 It trains a SentencePiece BPE tokenizer on the English help texts that ship with
 Python (`pydoc_data.topics`) with the challenge's tokenizer settings, and writes
@@ -7,6 +7,9 @@ FineWeb-format shards in the challenge's layout:
     OUT/datasets/fineweb10B_sp1024/fineweb_val_000000.bin
     OUT/datasets/fineweb10B_sp1024/fineweb_train_000000.bin ...
     OUT/tokenizers/fineweb_1024_bpe.model
+
+(sp4096 / sp8192 with `--vocab 4096` / `--vocab 8192`: the help texts support vocabularies up to
+13,541 pieces.)
 
 As in the challenge export, every document is its BOS token followed by its tokens
 (no EOS), validation documents come first and are never in the train split, and a

@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from packager.hparams import load_baseline_recipe, resolve
+from packager.runtime import docattn as D
+from packager.runtime import frontier as FR
+from packager.runtime import kernels as K
 from packager.runtime import model as M
 
 from tests.model_helpers import one_thread  # noqa: F401 (autouse fixture)
@@ -26,9 +29,9 @@ BLOCK_KEYS = (  # state_dict order inside one block: own parameters first, then 
 
 
 def model_args(**overrides) -> SimpleNamespace:
-    """args holding this module's declared HPs (defaults) plus vocab_size, owned by data."""
-    values = resolve(None, M.HPARAMS)
-    values["vocab_size"] = 1024
+    """args holding the model's declared HPs (defaults, the frontier modules' too) plus vocab_size, owned by data."""
+    values = resolve(None, M.HPARAMS + FR.HPARAMS + D.HPARAMS + K.HPARAMS)
+    values.update(vocab_size=1024, train_seq_len=1024)
     values.update(overrides)
     return SimpleNamespace(**values)
 

@@ -35,7 +35,13 @@ TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
     "ortho_init": dict(ortho_init=True),
     "muon_wd": dict(muon_weight_decay=0.04),
     "adam_wd": dict(adam_weight_decay=0.04),
+    "embed_wd": dict(embed_weight_decay=0.085),
+    "muon_eq_r": dict(muon_row_normalize=True),
+    "polar_express": dict(muon_ns="polar_express"),
+    "warmdown_frac": dict(warmdown_frac=0.85),
+    "min_lr": dict(min_lr=0.1),
 }
+IMPLIED = {"embed_wd": {"adam_wd"}}  # EMBED_WD alone still needs the AdamW path
 ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu")
 
 
@@ -105,6 +111,11 @@ def test_hparams_declared_off_by_default():
         "ortho_init": ("ORTHO_INIT", "model.ortho_init", False, "ortho_init"),
         "muon_weight_decay": ("MUON_WD", "train.optimizer.muon_weight_decay", 0.0, "muon_wd"),
         "adam_weight_decay": ("ADAM_WD", "train.optimizer.adam_weight_decay", 0.0, "adam_wd"),
+        "embed_weight_decay": ("EMBED_WD", "train.optimizer.embed_weight_decay", 0.0, "embed_wd"),
+        "muon_row_normalize": ("MUON_ROW_NORMALIZE", "train.optimizer.muon_row_normalize", False, "muon_eq_r"),
+        "muon_ns": ("MUON_NS", "train.optimizer.muon_ns", "quintic", "polar_express"),
+        "warmdown_frac": ("WARMDOWN_FRAC", "train.warmdown_frac", 0.0, "warmdown_frac"),
+        "min_lr": ("MIN_LR", "train.min_lr", 0.0, "min_lr"),
     }
     assert {n: (hp.env, hp.path, hp.default, hp.feature) for n, hp in hps.items()} == expected
     for hp in hps.values():
@@ -116,7 +127,7 @@ def test_hparams_declared_off_by_default():
 def test_each_feature_rule_is_off_by_default_and_on_alone(name):
     values = resolve(load_baseline_recipe())
     assert not recipe_features(values) & set(TECHNIQUE_FEATURES)
-    assert recipe_features(values | TECHNIQUE_FEATURES[name]) & set(TECHNIQUE_FEATURES) == {name}
+    assert recipe_features(values | TECHNIQUE_FEATURES[name]) & set(TECHNIQUE_FEATURES) == {name} | IMPLIED.get(name, set())
 
 
 def test_defaults_keep_the_baseline_model_and_optimizers():

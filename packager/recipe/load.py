@@ -187,8 +187,34 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
                                     "ttt.allow_illegal_ttt: true"))
     if v.get("compressor") == "pergroup" and not v.get("gptq"):
         out.append(("export.compressor", "compressor pergroup packs the levels of a GPTQ export: set export.gptq: true"))
+    out += frontier_rules(v)
     if len(set(recipe.seeds)) != len(recipe.seeds):
         out.append(("seeds", "seeds must be distinct"))
+    return out
+
+
+def frontier_rules(v: dict) -> list[tuple[str, str]]:
+    """Cross-field rules of the April records' techniques (packager/runtime/frontier.py, docattn.py, kernels.py)."""
+    out = []
+    layers = v["num_layers"]
+    if v.get("num_loops", 0) > 0 and not 0 <= v["loop_start"] <= v["loop_end"] < layers:
+        out.append(("model.loop_end", f"the looped span loop_start..loop_end ({v['loop_start']}..{v['loop_end']}) "
+                                      f"must lie inside the {layers} layers"))
+    if v.get("parallel_start_layer", 0) >= layers:
+        out.append(("model.parallel_start_layer", f"parallel_start_layer {v['parallel_start_layer']} must be below "
+                                                  f"num_layers {layers}"))
+    gates = [k for k in ("attn_out_gate", "gated_attn", "sparse_attn_gate") if v.get(k)]
+    if len(gates) > 1:
+        out.append((f"model.{gates[1]}", f"attention output gates are mutually exclusive; the recipe enables {gates}"))
+    if v.get("fused_mlp") and v["activation"] != "leaky_relu2":
+        out.append(("model.fused_mlp", "the fused MLP kernel computes LeakyReLU(0.5)^2: set model.activation "
+                                       "leaky_relu2"))
+    if v.get("doc_attention") and not v.get("rope_train_seq_len"):
+        out.append(("model.doc_attention", "per-document attention packs a rank's span into one long row: set "
+                                           "model.rope_train_seq_len (fp32 RoPE positions keep their precision)"))
+    if v.get("muon_ns") == "polar_express" and v["muon_backend_steps"] > 5:
+        out.append(("train.optimizer.muon_backend_steps", "Polar Express has 5 tuned iterations: "
+                                                          "muon_backend_steps must be at most 5"))
     return out
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torch.nn as nn
 from torch import Tensor
 
+from packager.runtime.docattn import document_starts
 from packager.runtime.features import HP, feature
 from packager.runtime.system import all_reduce_, autocast_ctx
 
@@ -55,8 +56,7 @@ def count_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple[Tensor, Tensor, T
 
 
 def target_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple, first) -> Tensor:
-    """Bytes behind each target; `first` is the val_tokens index of each row's first target.
-    With a CaseOps byte sidecar (a fourth table, by position) the bytes of the original text."""
+    """Bytes behind each target (`first`: position of each row's first target, for a CaseOps sidecar)."""
     if feature("caseops"):
         if len(luts) > 3:
             pos = torch.as_tensor(first, device=tgt_ids.device).reshape(-1, *([1] * (tgt_ids.ndim - 1)))
@@ -99,11 +99,15 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 raw = val_tokens[start * seq_len : min(start + batch_seqs, seq_end) * seq_len + 1]
                 local = raw.to(device=device, dtype=torch.int64, non_blocking=True)
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+                docs = {}
+                if feature("doc_attention"):
+                    if args.doc_attention:  # scored as trained: attention inside documents
+                        docs = {"cu_seqlens": document_starts(raw[:-1].view(-1, seq_len), seq_len).to(device)}
                 with autocast_ctx(device):
-                    batch_loss = model(x, y).detach()
+                    batch_loss = model(x, y, **docs).detach()
                 if ledger is not None and ledger.dir:
                     # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
+                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
                     ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()

@@ -32,6 +32,7 @@ SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 SHARD_HEADER_INTS = 256
 SHARD_HEADER_BYTES = SHARD_HEADER_INTS * 4
+BOS_ID = 1  # the challenge tokenizers' <s>: every document in the shards starts with it
 
 
 def load_data_shard(file) -> Tensor:
@@ -107,10 +108,14 @@ class DistributedTokenLoader:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
-    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+    def local_span(self, global_tokens: int, grad_accum_steps: int) -> Tensor:
+        """This rank's tokens of the next step (CPU, int64): its share plus one target token."""
         span = global_tokens // (self.world_size * grad_accum_steps) + 1
         chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        return chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+        local = self.local_span(global_tokens, grad_accum_steps)
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from packager.runtime.features import HP
+from packager.runtime.features import HP, feature
 from packager.runtime.quant import import_model
 
 FEATURES = {
-    "eval_only": ("EVAL_ONLY_PATH: score a saved artifact without training", "ttt_mode != 'none'"),
+    "eval_only": ("EVAL_ONLY_PATH: score a saved artifact without training (to tune phased TTT)", "ttt_mode == 'phased'"),
 }
 
 HPARAMS = (
@@ -33,6 +33,8 @@ def eval_only(args, model, base_model, rank, world_size, device, grad_accum_step
         raise SystemExit(f"error: EVAL_ONLY_PATH={args.eval_only_path}: no such artifact")
     blob = path.read_bytes()
     base_model.load_state_dict(import_model(args, blob), strict=True)
+    if feature("depth_recurrence"):
+        base_model.looping_active = args.num_loops > 0  # the exported model ran with its loops on
     log0(f"eval_only: {path} ({len(blob)} bytes), no training")
     t0 = time.perf_counter()
     paths = scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from packager.runtime.bpb import finish_scores, target_bytes
+from packager.runtime.docattn import document_starts
 from packager.runtime.features import HP, feature
 from packager.runtime.system import autocast_ctx
 
@@ -88,15 +89,21 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
 
-def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None) -> None:
-    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode."""
+def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None,
+                  doc_len: int = 0) -> None:
+    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode.
+    doc_len > 0: per-document attention with documents cut every doc_len tokens."""
     model.eval()
     for i in range(0, len(wins), batch):
         part = wins[i : i + batch]
         rows = torch.stack([val_tokens[s : e + 1] for s, _, e in part]).to(device=device, dtype=torch.int64)
         x, y = rows[:, :-1], rows[:, 1:]
+        docs = {}
+        if feature("doc_attention"):
+            if doc_len:  # per-document attention: a window never reads across a BOS
+                docs = {"cu_seqlens": document_starts(x, doc_len)}
         with torch.inference_mode(), autocast_ctx(device):
-            logits = model(x).float()
+            logits = model(x, **docs).float()
             nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
             first = torch.tensor([a - s for s, a, _ in part], device=device)
             mask = torch.arange(y.size(1), device=device)[None, :] >= first[:, None]
@@ -113,7 +120,10 @@ def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger
     if ledger is not None:
         ledger.begin("sliding")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
+    doc_len = 0
+    if feature("doc_attention"):
+        doc_len = args.train_seq_len if args.doc_attention else 0
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, args.eval_batch_seqs, ledger)
+                  device, sums, args.eval_batch_seqs, ledger, doc_len)
     model.train()
     return finish_scores(sums)

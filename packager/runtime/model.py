@@ -8,6 +8,7 @@ Architecture techniques of the later records sit behind feature gates, off by de
 and SwiGLU MLPs, XSA, partial RoPE, LN scale, SmearGate, BigramHash, a shared value embedding,
 no U-Net skips, orthogonal init. Their parameter names follow the records that introduced them
 (smear.gate, bigram.embed/proj/scale, ve_shared.embed/proj/scale, ve_layer_scales.N, mlp.gate/up).
+The April records' blocks (frontier.py, docattn.py, kernels.py) hook in here through small gates.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from packager.runtime.docattn import document_attention
 from packager.runtime.features import HP, feature
+from packager.runtime.frontier import (
+    final_lane, gate_heads, gate_skip, init_head_gate, init_parallel_lanes, init_smear_v2, loop_schedule,
+    parallel_block, rope_tables, smear_previous,
+)
+from packager.runtime.kernels import FusedLeakyReLU2MLP, SoftcappedCrossEntropy
 from packager.runtime.qat import fake_quantize_ste
 
 try:
@@ -83,6 +90,7 @@ HPARAMS = (
 CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "smear", "ve_layer_scales", "ve_shared.scale",
+    "skip_gates", "parallel_post_lambdas", "parallel_resid_lambdas", "attn_gate",
 )
 
 
@@ -155,8 +163,13 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if feature("rope_train_len"):
+            self.train_seq_len, self.yarn = 0, False  # set by CausalSelfAttention from the recipe
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if feature("rope_train_len"):
+            if self.train_seq_len:  # the April records' tables: fp32 positions, YaRN past train_seq_len
+                return rope_tables(self, seq_len, device, dtype)
         # Recomputed per call (cheap, fused under compile): a cache would hold inference tensors
         # after an inference_mode eval and break a later training step (TTT). Positions take
         # inv_freq's dtype as upstream does, so after model.bfloat16() they are bf16-rounded.
@@ -199,12 +212,19 @@ class CausalSelfAttention(nn.Module):
                 if args.rope_dims % 2 or args.rope_dims > self.head_dim:
                     raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
                 self.rotary = Rotary(args.rope_dims, base=args.rope_base)
+        if feature("rope_train_len"):
+            self.rotary.train_seq_len, self.rotary.yarn = args.rope_train_seq_len, args.rope_yarn
         if feature("xsa"):
             self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
+        if feature("head_gates"):
+            init_head_gate(self, args)
+        if feature("doc_attention"):
+            self.max_doc_len = args.train_seq_len  # document_starts cuts documents into chunks this long
 
-    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
-        q = F.rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
+        q_raw = self.c_q(x)
+        q = F.rms_norm(q_raw.view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
         k = F.rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim), (self.head_dim,))
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
         if feature("value_embed"):
@@ -213,12 +233,21 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q = apply_rotary_emb(q, cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary_emb(k, cos, sin)
+        if feature("doc_attention"):
+            if cu_seqlens is not None:  # per-document attention: never across a BOS
+                y = document_attention(q, k, v, cu_seqlens, self.max_doc_len)
+            else:
+                y = attention(q, k, v, causal=True)
+        else:
+            y = attention(q, k, v, causal=True)
         if feature("xsa"):
             if self.use_xsa:  # XSA: drop each head's component along its token's own unit value vector
-                y = attention(q, k, v, causal=True).reshape(B, T, self.num_kv_heads, -1, self.head_dim)
+                y = y.reshape(B, T, self.num_kv_heads, -1, self.head_dim)
                 u = F.normalize(v, dim=-1).unsqueeze(3)  # GQA: a kv head's query heads share it
-                return self.proj((y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, C))
-        return self.proj(attention(q, k, v, causal=True).reshape(B, T, C))
+                y = (y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, self.num_heads, self.head_dim)
+        if feature("head_gates"):
+            y = gate_heads(self, x, q_raw, y)
+        return self.proj(y.reshape(B, T, C))
 
 
 def mlp_activation(name: str, h: Tensor) -> Tensor:
@@ -249,8 +278,13 @@ class MLP(nn.Module):
             self.fc = CastedLinear(args.model_dim, hidden, bias=False)
         self.proj = CastedLinear(hidden, args.model_dim, bias=False)
         self.proj._zero_init = True
+        if feature("fused_mlp"):
+            self.fused = args.fused_mlp and args.activation == "leaky_relu2"
 
     def forward(self, x: Tensor) -> Tensor:
+        if feature("fused_mlp"):
+            if self.fused and self.training:  # one kernel for matmul + activation; eval keeps the plain path
+                return FusedLeakyReLU2MLP.apply(x, self.fc.weight.to(x.dtype), self.proj.weight.to(x.dtype))
         if feature("swiglu"):
             if self.activation == "swiglu":
                 return self.proj(mlp_activation(self.activation, self.gate(x)) * self.up(x))
@@ -300,15 +334,18 @@ class Block(nn.Module):
         if feature("xsa"):
             self.attn.use_xsa = layer >= args.num_layers - args.xsa_last_n
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
+    def normed(self, norm: RMSNorm, x: Tensor) -> Tensor:
+        """A branch's input: normed (and, with LN scale, damped by depth)."""
+        if feature("ln_scale"):
+            return norm(x) * self.ln_scale
+        else:
+            return norm(x)
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        if feature("ln_scale"):
-            x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * self.ln_scale, ve)
-            return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x) * self.ln_scale)
-        else:
-            x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x), ve)
-            return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), ve, cu_seqlens)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
 
 
 class GPT(nn.Module):
@@ -330,13 +367,26 @@ class GPT(nn.Module):
         if feature("smear_gate"):
             gate = nn.Parameter(torch.zeros(args.model_dim))  # SmearGate: sigmoid(0), an even mix at init
             self.smear = nn.ParameterDict({"gate": gate}) if args.smear_gate else None
+        if feature("smear_gate_v2"):
+            init_smear_v2(self, args)
+        if feature("fused_ce"):
+            self.fused_ce = args.fused_ce
         self.num_encoder_layers = args.num_layers // 2
         self.num_decoder_layers = args.num_layers - self.num_encoder_layers
         if feature("no_unet"):
             if not args.unet_skips:  # every block runs in the decoder loop, which then finds no skips
                 self.num_encoder_layers, self.num_decoder_layers = 0, args.num_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+        if feature("depth_recurrence"):
+            self.looping_active = False  # switched on by training at ENABLE_LOOPING_AT
+            self.loop_order = loop_schedule(args) if args.num_loops > 0 else None
+            if self.loop_order:  # skips sized for the longer, looped schedule (as the records)
+                num_skips = min(len(self.loop_order[0]), len(self.loop_order[1]))
         self.skip_weights = nn.Parameter(torch.ones(num_skips, args.model_dim, dtype=torch.float32))
+        if feature("skip_gates"):
+            self.skip_gates = nn.Parameter(torch.zeros(num_skips, args.model_dim)) if args.skip_gates else None
+        if feature("parallel_residuals"):
+            init_parallel_lanes(self, args)
         if feature("no_unet"):
             self.skip_weights.requires_grad_(num_skips > 0)  # empty without skips: nothing to train
         self.blocks = nn.ModuleList([Block(args, i) for i in range(args.num_layers)])
@@ -363,15 +413,16 @@ class GPT(nn.Module):
                         gain = (2 * args.num_layers) ** -0.5 if name.endswith(".proj") else 1.0
                         nn.init.orthogonal_(m.weight, gain=gain)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states (B, T, model_dim)."""
+    def hidden(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, model_dim); cu_seqlens: document starts (docattn)."""
+        x = self.tok_emb(input_ids)
         if feature("bigram_hash"):
-            x = self.tok_emb(input_ids)
             if self.bigram is not None:  # the hashed token pair joins the embedding before the norm
                 x = x + self.bigram(bigram_hash(input_ids, self.bigram.embed.num_embeddings))
-            x = F.rms_norm(x, (x.size(-1),))
-        else:
-            x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+        if feature("smear_gate_v2"):
+            if self.smear_gate is not None:  # SmearGate v2 mixes raw embeddings, before the norm
+                x = smear_previous(self, x, input_ids)
+        x = F.rms_norm(x, (x.size(-1),))
         if feature("smear_gate"):
             if self.smear is not None:  # SmearGate: (1 - g) x_t + g x_{t-1}, g = sigmoid(gate) per channel
                 g = torch.sigmoid(self.smear.gate.to(x.dtype))
@@ -384,23 +435,50 @@ class GPT(nn.Module):
                 for layer, scale in zip(self.ve_layers, self.ve_layer_scales):
                     ves[layer] = ve * scale.to(ve.dtype)
         # Encoder half stores its outputs; the decoder half adds them back in reverse order.
-        n = self.num_encoder_layers
-        for block, ve in zip(self.blocks[:n], ves):
-            x = block(x, x0, ve)
+        encoder, decoder = range(self.num_encoder_layers), range(self.num_encoder_layers, len(self.blocks))
+        if feature("depth_recurrence"):
+            if self.looping_active:  # the looped span runs again: the same blocks, the same parameters
+                encoder, decoder = self.loop_order
+        for i in encoder:
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
             skips.append(x)
-        for i, block in enumerate(self.blocks[n:]):
+        if feature("parallel_residuals"):
+            lane = None  # the MLP lane of the parallel decoder
+        for j, i in enumerate(decoder):
+            if feature("parallel_residuals"):
+                if lane is None and 0 < self.parallel_start <= i:  # both lanes start as the stream
+                    lane = x
             if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0, ves[n + i])
+                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
+                if feature("skip_gates"):
+                    x = gate_skip(self, x, skip, j)
+                else:
+                    x = x + skip
+            if feature("parallel_residuals"):
+                if lane is not None:  # x is lane 0 from here on
+                    x, lane = parallel_block(self, i, x, lane, x0, ves[i], cu_seqlens)
+                    continue
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
+        if feature("parallel_residuals"):
+            if lane is not None:
+                x = final_lane(self, x, lane)
         return self.final_norm(x)
+
+    def raw_logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
 
     def logits_from_hidden(self, h: Tensor) -> Tensor:
         """Soft-capped logits in the compute dtype (bf16 under autocast)."""
-        raw = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
-        return self.logit_softcap * torch.tanh(raw / self.logit_softcap)
+        return self.logit_softcap * torch.tanh(self.raw_logits(h) / self.logit_softcap)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
-        h = self.hidden(input_ids)
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean",
+                cu_seqlens: Tensor | None = None) -> Tensor:
+        h = self.hidden(input_ids, cu_seqlens)
+        if feature("fused_ce"):
+            if self.fused_ce and self.training and target_ids is not None and reduction == "mean":
+                # Training only: one pass over the raw logits, the softcap inside the kernel.
+                raw = self.raw_logits(h.reshape(-1, h.size(-1)))
+                return SoftcappedCrossEntropy.apply(raw, target_ids.reshape(-1), self.logit_softcap).mean()
         logits = self.logits_from_hidden(h.reshape(-1, h.size(-1))).float()
         if target_ids is None:
             return logits.view(*input_ids.shape, -1)

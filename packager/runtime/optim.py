@@ -5,6 +5,10 @@ round-robin work split over ranks with one all-reduced flat bf16 update buffer (
 embedding/head/matrix/scalar parameter split, and the wallclock-aware linear warmdown.
 Gated, as the later records: decoupled weight decay for Muon (MUON_WD) and AdamW for the token and
 scalar groups (ADAM_WD), and the placement of the BigramHash, value-embedding and SmearGate tensors.
+The April records (#1530 lineage): MuonEq-R (each row of the momentum update scaled to unit norm
+before orthogonalisation, MUON_ROW_NORMALIZE), the Polar Express Newton-Schulz schedule (one tuned
+(a, b, c) per iteration instead of one tuple for all), a token-group weight decay of its own
+(EMBED_WD), the warmdown as a fraction of the wallclock (WARMDOWN_FRAC) and an LR floor (MIN_LR).
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from packager.runtime.system import maybe_compile
 
 FEATURES: dict[str, tuple[str, str]] = {
     "muon_wd": ("decoupled weight decay on the Muon matrices", "muon_weight_decay > 0"),
-    "adam_wd": ("AdamW decoupled weight decay on the token and scalar Adam groups", "adam_weight_decay > 0"),
+    "adam_wd": ("AdamW decoupled weight decay on the token and scalar Adam groups",
+                "adam_weight_decay > 0 or embed_weight_decay > 0"),
+    "embed_wd": ("the token Adam group decays at EMBED_WD instead of ADAM_WD", "embed_weight_decay > 0"),
+    "muon_eq_r": ("MuonEq-R: rows of the momentum update normalized before Newton-Schulz", "muon_row_normalize"),
+    "polar_express": ("Polar Express Newton-Schulz: per-iteration minimax coefficients", "muon_ns == 'polar_express'"),
+    "warmdown_frac": ("LR warmdown over the last fraction of the wallclock (of iterations if uncapped)",
+                      "warmdown_frac > 0"),
+    "min_lr": ("the LR multiplier never drops below MIN_LR", "min_lr > 0"),
 }
 
 HPARAMS = (
@@ -43,6 +54,27 @@ HPARAMS = (
        doc="Muon decoupled weight decay: p *= 1 - lr * wd each step", minimum=0.0),
     HP("adam_weight_decay", "ADAM_WD", "train.optimizer.adam_weight_decay", float, 0.0, feature="adam_wd",
        doc="AdamW decoupled weight decay of the token and scalar groups (not an untied head)", minimum=0.0),
+    HP("embed_weight_decay", "EMBED_WD", "train.optimizer.embed_weight_decay", float, 0.0, feature="embed_wd",
+       doc="AdamW weight decay of the token group (0: it follows ADAM_WD)", minimum=0.0),
+    HP("muon_row_normalize", "MUON_ROW_NORMALIZE", "train.optimizer.muon_row_normalize", bool, False,
+       feature="muon_eq_r", doc="MuonEq-R: scale each row of the update to unit norm before Newton-Schulz"),
+    HP("muon_ns", "MUON_NS", "train.optimizer.muon_ns", str, "quintic", feature="polar_express",
+       choices=("quintic", "polar_express"), doc="Newton-Schulz coefficients: one quintic tuple, or Polar "
+       "Express' per-iteration tuples (at most 5 iterations; the records hard-code it, no env var)"),
+    HP("warmdown_frac", "WARMDOWN_FRAC", "train.warmdown_frac", float, 0.0, feature="warmdown_frac", minimum=0.0,
+       doc="warmdown over the last fraction of the wallclock cap (of iterations if uncapped); 0: WARMDOWN_ITERS"),
+    HP("min_lr", "MIN_LR", "train.min_lr", float, 0.0, feature="min_lr", minimum=0.0,
+       doc="floor of the LR multiplier during the warmdown"),
+)
+
+# Polar Express (Amsel et al. 2025) coefficients as the April records use them, 5 iterations, each
+# the minimax-optimal odd quintic for the singular-value interval left by the previous one.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 
 
@@ -51,18 +83,20 @@ def muon_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None) -> Tensor:
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None,
+                                coeffs: tuple = ((3.4445, -4.7750, 2.0315),)) -> Tensor:
     """Approximately orthogonalise a 2-D matrix (U V^T of its SVD) with a quintic
     Newton-Schulz iteration. The tuned coefficients trade exactness for speed:
-    singular values land in roughly [0.7, 1.2], not exactly at 1. Runs in bf16 on CUDA
-    (as upstream) and fp32 on CPU, where small bf16 matmuls are ~100x slower."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    singular values land in roughly [0.7, 1.2], not exactly at 1. Iteration i uses
+    coeffs[min(i, len - 1)]. Runs in bf16 on CUDA (as upstream) and fp32 on CPU, where
+    small bf16 matmuls are ~100x slower."""
     X = G.to(dtype or muon_dtype(G.device))
     X = X / (X.norm() + eps)
     tall = G.size(0) > G.size(1)
     if tall:  # iterate on the wide orientation so X @ X.T is the small Gram matrix
         X = X.T
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if tall else X
@@ -79,6 +113,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
         self.zeropower = zeropower_via_newtonschulz5
+        self.ns_kwargs = {}  # e.g. the Polar Express coefficients
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         g, momentum = p.grad, group["momentum"]
@@ -89,7 +124,10 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(momentum).add_(g)
         if group["nesterov"]:
             g = g.add(buf, alpha=momentum)
-        g = self.zeropower(g, steps=group["backend_steps"])
+        if feature("muon_eq_r"):
+            if group.get("row_normalize"):  # MuonEq-R: equal-norm rows, so no row dominates the orthogonalisation
+                g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(g.dtype)
+        g = self.zeropower(g, steps=group["backend_steps"], **self.ns_kwargs)
         # Tall matrices get a larger step so the per-element RMS matches square ones.
         return g * max(1, g.size(0) / g.size(1)) ** 0.5
 
@@ -122,11 +160,11 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def adam_group(args, params: list, lr: float, device: torch.device, decay: bool = False) -> torch.optim.Adam:
+def adam_group(args, params: list, lr: float, device: torch.device, weight_decay: float = 0.0) -> torch.optim.Adam:
     if feature("adam_wd"):
-        if decay and args.adam_weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
+        if weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
             return torch.optim.AdamW([{"params": params, "lr": lr, "base_lr": lr}], betas=(args.beta1, args.beta2),
-                                     eps=args.adam_eps, weight_decay=args.adam_weight_decay, fused=device.type == "cuda")
+                                     eps=args.adam_eps, weight_decay=weight_decay, fused=device.type == "cuda")
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
         betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
@@ -150,6 +188,15 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     if feature("smear_gate"):
         if model.smear is not None:
             scalar.append(model.smear.gate)
+    if feature("smear_gate_v2"):
+        if model.smear_gate is not None:  # the gate's (1, window) matrix is a control tensor too
+            scalar += [model.smear_gate.weight, model.smear_lambda]
+    if feature("skip_gates"):
+        if model.skip_gates is not None:
+            scalar.append(model.skip_gates)
+    if feature("parallel_residuals"):
+        if model.parallel_post_lambdas is not None:
+            scalar += [model.parallel_post_lambdas, model.parallel_resid_lambdas]
     if feature("bigram_hash"):
         if model.bigram is not None:  # as the records: table with tok_emb, projection on Muon
             tokens.append(model.bigram.embed.weight)
@@ -165,9 +212,19 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     if feature("muon_wd"):
         muon.param_groups[0]["weight_decay"] = args.muon_weight_decay
+    if feature("muon_eq_r"):
+        muon.param_groups[0]["row_normalize"] = args.muon_row_normalize
+    if feature("polar_express"):
+        if args.muon_ns == "polar_express":
+            muon.ns_kwargs = {"coeffs": POLAR_EXPRESS_COEFFS}
     muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
-    optimizers = [adam_group(args, tokens, token_lr, device, decay=True), muon,
-                  adam_group(args, scalar, args.scalar_lr, device, decay=True)]
+    token_wd = scalar_wd = 0.0
+    if feature("adam_wd"):
+        token_wd = scalar_wd = args.adam_weight_decay
+    if feature("embed_wd"):
+        token_wd = args.embed_weight_decay if args.embed_weight_decay > 0 else token_wd
+    optimizers = [adam_group(args, tokens, token_lr, device, token_wd), muon,
+                  adam_group(args, scalar, args.scalar_lr, device, scalar_wd)]
     if model.lm_head is not None:
         optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
@@ -180,6 +237,24 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
 def lr_multiplier(args, step: int, elapsed_ms: float) -> float:
     """LR scale: 1, then linear to 0 over the last warmdown_iters steps. With a wallclock cap
     the warmdown is warmdown_iters * (mean step time so far) before the cap."""
+    if feature("min_lr"):
+        if args.min_lr > 0:  # a floor: the last steps still learn
+            return max(lr_schedule(args, step, elapsed_ms), args.min_lr)
+    return lr_schedule(args, step, elapsed_ms)
+
+
+def train_fraction(args, step: int, elapsed_ms: float) -> float:
+    """How far training is: elapsed share of the wallclock cap, or of the iterations when uncapped."""
+    if args.max_wallclock_seconds > 0:
+        return elapsed_ms / (1000.0 * args.max_wallclock_seconds)
+    return step / max(args.iterations, 1)
+
+
+def lr_schedule(args, step: int, elapsed_ms: float) -> float:
+    if feature("warmdown_frac"):
+        if args.warmdown_frac > 0:  # the records' WARMDOWN_FRAC: linear to 0 over the last fraction
+            frac = train_fraction(args, step, elapsed_ms)
+            return max(1.0 - frac, 0.0) / args.warmdown_frac if frac >= 1.0 - args.warmdown_frac else 1.0
     if args.warmdown_iters <= 0:
         return 1.0
     if args.max_wallclock_seconds <= 0:

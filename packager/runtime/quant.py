@@ -251,8 +251,6 @@ def import_zstandard():
 
 
 def compress_bytes(args, raw: bytes) -> bytes:
-    if feature("byte_shuffle"):
-        raw = shuffle_bytes(raw, args.byte_shuffle)
     if args.compressor == "zlib":
         return zlib.compress(raw, level=args.compress_level)
     if feature("zstd"):
@@ -268,12 +266,6 @@ def compress_bytes(args, raw: bytes) -> bytes:
 
 
 def decompress_bytes(args, blob: bytes) -> bytes:
-    if feature("byte_shuffle"):
-        return unshuffle_bytes(decompress_raw(args, blob))
-    return decompress_raw(args, blob)
-
-
-def decompress_raw(args, blob: bytes) -> bytes:
     if args.compressor == "zlib":
         return zlib.decompress(blob)
     if feature("zstd"):
@@ -319,6 +311,8 @@ def export_model(args, state_dict: dict[str, Tensor], hessians: dict | None = No
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
+    if feature("byte_shuffle"):
+        raw = shuffle_bytes(raw, args.byte_shuffle)
     if feature("pergroup"):
         blob = serialize_pergroup(args, obj) if args.compressor == "pergroup" else compress_bytes(args, raw)
     else:
@@ -333,7 +327,10 @@ def import_model(args, blob: bytes) -> dict[str, Tensor]:
     if feature("pergroup"):
         if args.compressor == "pergroup":
             return dequantize_state_dict_gptq(deserialize_pergroup(blob))
-    obj = torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu")
+    raw = decompress_bytes(args, blob)
+    if feature("byte_shuffle"):
+        raw = unshuffle_bytes(raw)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
     if feature("gptq"):
         if obj["__quant_format__"] == QUANT_FORMAT_GPTQ:
             return dequantize_state_dict_gptq(obj)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from packager.runtime.bpb import build_sentencepiece_luts, eval_val
 from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
+from packager.runtime.docattn import DocumentTokenLoader, check_document_attention
 from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
@@ -27,8 +28,10 @@ from packager.runtime.features import HP, feature
 from packager.runtime.caseops import load_byte_sidecar
 from packager.runtime.evalonly import eval_only
 from packager.runtime.gptq import kind_summary, timed_hessians
+from packager.runtime.frontier import looping_due
+from packager.runtime.kernels import fused_paths
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
-from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
+from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at, train_fraction
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
 from packager.runtime.ttt import eval_ttt
@@ -83,6 +86,13 @@ def build_model(args, device: torch.device) -> GPT:
     return model
 
 
+def make_loader(args, train_files: str, rank: int, world_size: int, device: torch.device):
+    if feature("doc_attention"):  # the #1530 packing: a rank's span is one row, cut at document starts
+        return DocumentTokenLoader(train_files, rank, world_size, device, args.train_seq_len if args.doc_attention else 0)
+    else:
+        return DistributedTokenLoader(train_files, rank, world_size, device)
+
+
 def wrap_ddp(model, device: torch.device, local_rank: int) -> DDP:
     # The model's only buffers are RoPE tables every rank computes alike, so they are not
     # re-broadcast each forward (torch >= 2.10 renamed the switch).
@@ -98,9 +108,14 @@ def train_step(args, model, loader, optimizers, grad_accum_steps: int, device, d
         if distributed:
             # Only the last micro-batch all-reduces gradients.
             model.require_backward_grad_sync = micro == grad_accum_steps - 1
-        x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
-        with autocast_ctx(device):
-            loss = model(x, y)
+        if feature("doc_attention"):  # one packed row and its document starts (None: DOC_ATTENTION=0)
+            x, y, cu_seqlens = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+            with autocast_ctx(device):
+                loss = model(x, y, cu_seqlens=cu_seqlens)
+        else:
+            x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+            with autocast_ctx(device):
+                loss = model(x, y)
         total += loss.detach()
         (loss / grad_accum_steps).backward()
     return total / grad_accum_steps
@@ -111,13 +126,22 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
     restore the initial weights and optimizer state: timed training starts from init."""
     init_model = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
     init_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    for i in range(args.warmup_steps):
-        train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
-            log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
+    phases = [("warmup_step", False)]
+    if feature("depth_recurrence"):
+        if args.num_loops > 0:  # the looped graph compiles now too, not when looping starts mid-run
+            phases.append(("loop_warmup_step", True))
+    for name, looping in phases:
+        if feature("depth_recurrence"):
+            base_model.looping_active = looping
+        for i in range(args.warmup_steps):
+            train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
+                log0(f"{name}:{i + 1}/{args.warmup_steps}")
+    if feature("depth_recurrence"):
+        base_model.looping_active = False
     base_model.load_state_dict(init_model, strict=True)
     for opt, state in zip(optimizers, init_opts):
         opt.load_state_dict(state)
@@ -153,6 +177,11 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
             return step, train_ms, stop_after is not None and step < args.iterations
         elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_multiplier(args, step, elapsed_ms)
+        if feature("depth_recurrence"):
+            if looping_due(args, base_model, train_fraction(args, step, elapsed_ms)):
+                base_model.looping_active = True
+                log0(f"layer_loop:enabled step:{step} frac:{train_fraction(args, step, elapsed_ms):.3f} "
+                     f"encoder:{base_model.loop_order[0]} decoder:{base_model.loop_order[1]}")
         if feature("qat"):
             if not qat_on and qat_active(args, step, elapsed_ms, scale):
                 qat_on = True
@@ -284,6 +313,11 @@ def main() -> None:
     log0(f"model_params:{n_params}")
     log0(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
     log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    if feature("doc_attention"):
+        if args.doc_attention:
+            log0(f"doc_attention:{check_document_attention(device)} max_len:{args.train_seq_len}")
+    if feature("fused_kernels"):
+        log0(f"fused_kernels:{fused_paths(args, device)}")
     log0(f"seed:{args.seed}")
 
     if feature("eval_only"):
@@ -295,9 +329,9 @@ def main() -> None:
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
 
     if args.warmup_steps > 0:
-        loader = DistributedTokenLoader(train_files, rank, world_size, device)
+        loader = make_loader(args, train_files, rank, world_size, device)
         prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0)
-    loader = DistributedTokenLoader(train_files, rank, world_size, device)
+    loader = make_loader(args, train_files, rank, world_size, device)
     averager = build_averager(args, base_model)
     steps, train_ms, stopped_early = train(args, model, base_model, optimizers, muon, loader, eval_fn,
                                            grad_accum_steps, device, distributed, log0, averager)

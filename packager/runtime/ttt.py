@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from packager.runtime.bpb import finish_scores, target_bytes
+from packager.runtime.data import BOS_ID
 from packager.runtime.evaluate import eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
@@ -78,7 +79,6 @@ HPARAMS = (
        doc="acknowledge that pre_eval TTT trains on unscored validation tokens (non-record only)"),
 )
 
-BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 

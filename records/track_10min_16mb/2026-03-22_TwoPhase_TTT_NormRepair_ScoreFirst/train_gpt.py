@@ -106,7 +106,6 @@ class Hyperparameters:
     prune_frac = float(os.environ.get("PRUNE_FRAC", 0.01))  # fraction of each 2-D float matrix of > 65,536 elements zeroed by magnitude
 
     # eval
-    eval_only_path = os.environ.get("EVAL_ONLY_PATH", '')  # artifact to score without training (empty: train as usual)
     eval_seq_len = int(os.environ.get("EVAL_SEQ_LEN", 2048))  # window length of the final evaluations (0: train_seq_len)
     sliding_stride = int(os.environ.get("EVAL_STRIDE", 32))  # sliding-window stride; each window scores its last stride tokens (0: off)
     eval_batch_seqs = int(os.environ.get("EVAL_BATCH_SEQS", 32))  # windows per forward pass in the sliding evaluation
@@ -265,10 +264,14 @@ class DistributedTokenLoader:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
-    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+    def local_span(self, global_tokens: int, grad_accum_steps: int) -> Tensor:
+        """This rank's tokens of the next step (CPU, int64): its share plus one target token."""
         span = global_tokens // (self.world_size * grad_accum_steps) + 1
         chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        return chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+        local = self.local_span(global_tokens, grad_accum_steps)
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -310,8 +313,7 @@ def count_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple[Tensor, Tensor, T
     return base_bytes[tgt_ids].to(torch.int16) + (has_leading_space[tgt_ids] & ~is_boundary[prev_ids]).to(torch.int16)
 
 def target_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple, first) -> Tensor:
-    """Bytes behind each target; `first` is the val_tokens index of each row's first target.
-    With a CaseOps byte sidecar (a fourth table, by position) the bytes of the original text."""
+    """Bytes behind each target (`first`: position of each row's first target, for a CaseOps sidecar)."""
     return count_bytes(prev_ids, tgt_ids, luts)
 
 def bits_per_byte(loss_nats_sum: float, token_count: float, byte_count: float) -> float:
@@ -346,11 +348,12 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 raw = val_tokens[start * seq_len : min(start + batch_seqs, seq_end) * seq_len + 1]
                 local = raw.to(device=device, dtype=torch.int64, non_blocking=True)
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+                docs = {}
                 with autocast_ctx(device):
-                    batch_loss = model(x, y).detach()
+                    batch_loss = model(x, y, **docs).detach()
                 if ledger is not None and ledger.dir:
                     # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
+                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
                     ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
@@ -376,6 +379,7 @@ except ImportError:
 CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "smear", "ve_layer_scales", "ve_shared.scale",
+    "skip_gates", "parallel_post_lambdas", "parallel_resid_lambdas", "attn_gate",
 )
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
@@ -482,9 +486,10 @@ class CausalSelfAttention(nn.Module):
             self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
 
-    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
-        q = F.rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
+        q_raw = self.c_q(x)
+        q = F.rms_norm(q_raw.view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
         k = F.rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim), (self.head_dim,))
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
         if ve is not None:
@@ -492,11 +497,12 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(T, x.device, q.dtype)
         q = apply_rotary_emb(q, cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary_emb(k, cos, sin)
+        y = attention(q, k, v, causal=True)
         if self.use_xsa:  # XSA: drop each head's component along its token's own unit value vector
-            y = attention(q, k, v, causal=True).reshape(B, T, self.num_kv_heads, -1, self.head_dim)
+            y = y.reshape(B, T, self.num_kv_heads, -1, self.head_dim)
             u = F.normalize(v, dim=-1).unsqueeze(3)  # GQA: a kv head's query heads share it
-            return self.proj((y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, C))
-        return self.proj(attention(q, k, v, causal=True).reshape(B, T, C))
+            y = (y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, self.num_heads, self.head_dim)
+        return self.proj(y.reshape(B, T, C))
 
 def mlp_activation(name: str, h: Tensor) -> Tensor:
     """The MLP nonlinearity; add a branch here (and to the HP choices) for a new one."""
@@ -555,11 +561,15 @@ class Block(nn.Module):
         self.ln_scale = (layer + 1) ** -0.5 if args.ln_scale else 1.0  # damps deeper blocks' normed inputs
         self.attn.use_xsa = layer >= args.num_layers - args.xsa_last_n
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
+    def normed(self, norm: RMSNorm, x: Tensor) -> Tensor:
+        """A branch's input: normed (and, with LN scale, damped by depth)."""
+        return norm(x) * self.ln_scale
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x) * self.ln_scale, ve)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x) * self.ln_scale)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), ve, cu_seqlens)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
 
 class GPT(nn.Module):
     """forward(input_ids, target_ids=None, reduction="mean"):
@@ -604,8 +614,8 @@ class GPT(nn.Module):
                     gain = (2 * args.num_layers) ** -0.5 if name.endswith(".proj") else 1.0
                     nn.init.orthogonal_(m.weight, gain=gain)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states (B, T, model_dim)."""
+    def hidden(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, model_dim); cu_seqlens: document starts (docattn)."""
         x = self.tok_emb(input_ids)
         if self.bigram is not None:  # the hashed token pair joins the embedding before the norm
             x = x + self.bigram(bigram_hash(input_ids, self.bigram.embed.num_embeddings))
@@ -620,23 +630,27 @@ class GPT(nn.Module):
             for layer, scale in zip(self.ve_layers, self.ve_layer_scales):
                 ves[layer] = ve * scale.to(ve.dtype)
         # Encoder half stores its outputs; the decoder half adds them back in reverse order.
-        n = self.num_encoder_layers
-        for block, ve in zip(self.blocks[:n], ves):
-            x = block(x, x0, ve)
+        encoder, decoder = range(self.num_encoder_layers), range(self.num_encoder_layers, len(self.blocks))
+        for i in encoder:
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
             skips.append(x)
-        for i, block in enumerate(self.blocks[n:]):
+        for j, i in enumerate(decoder):
             if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0, ves[n + i])
+                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
+                x = x + skip
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
         return self.final_norm(x)
+
+    def raw_logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
 
     def logits_from_hidden(self, h: Tensor) -> Tensor:
         """Soft-capped logits in the compute dtype (bf16 under autocast)."""
-        raw = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
-        return self.logit_softcap * torch.tanh(raw / self.logit_softcap)
+        return self.logit_softcap * torch.tanh(self.raw_logits(h) / self.logit_softcap)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
-        h = self.hidden(input_ids)
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean",
+                cu_seqlens: Tensor | None = None) -> Tensor:
+        h = self.hidden(input_ids, cu_seqlens)
         logits = self.logits_from_hidden(h.reshape(-1, h.size(-1))).float()
         if target_ids is None:
             return logits.view(*input_ids.shape, -1)
@@ -650,18 +664,20 @@ def muon_dtype(device: torch.device) -> torch.dtype:
     """Precision of Muon's orthogonalisation and update buffer: bf16 on CUDA, fp32 on CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
-def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None) -> Tensor:
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None,
+                                coeffs: tuple = ((3.4445, -4.7750, 2.0315),)) -> Tensor:
     """Approximately orthogonalise a 2-D matrix (U V^T of its SVD) with a quintic
     Newton-Schulz iteration. The tuned coefficients trade exactness for speed:
-    singular values land in roughly [0.7, 1.2], not exactly at 1. Runs in bf16 on CUDA
-    (as upstream) and fp32 on CPU, where small bf16 matmuls are ~100x slower."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    singular values land in roughly [0.7, 1.2], not exactly at 1. Iteration i uses
+    coeffs[min(i, len - 1)]. Runs in bf16 on CUDA (as upstream) and fp32 on CPU, where
+    small bf16 matmuls are ~100x slower."""
     X = G.to(dtype or muon_dtype(G.device))
     X = X / (X.norm() + eps)
     tall = G.size(0) > G.size(1)
     if tall:  # iterate on the wide orientation so X @ X.T is the small Gram matrix
         X = X.T
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if tall else X
@@ -677,6 +693,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
         self.zeropower = zeropower_via_newtonschulz5
+        self.ns_kwargs = {}  # e.g. the Polar Express coefficients
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         g, momentum = p.grad, group["momentum"]
@@ -687,7 +704,7 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(momentum).add_(g)
         if group["nesterov"]:
             g = g.add(buf, alpha=momentum)
-        g = self.zeropower(g, steps=group["backend_steps"])
+        g = self.zeropower(g, steps=group["backend_steps"], **self.ns_kwargs)
         # Tall matrices get a larger step so the per-element RMS matches square ones.
         return g * max(1, g.size(0) / g.size(1)) ** 0.5
 
@@ -718,10 +735,10 @@ class Muon(torch.optim.Optimizer):
                 p.add_(flat[start: start + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
         return loss
 
-def adam_group(args, params: list, lr: float, device: torch.device, decay: bool = False) -> torch.optim.Adam:
-    if decay and args.adam_weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
+def adam_group(args, params: list, lr: float, device: torch.device, weight_decay: float = 0.0) -> torch.optim.Adam:
+    if weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
         return torch.optim.AdamW([{"params": params, "lr": lr, "base_lr": lr}], betas=(args.beta1, args.beta2),
-                                 eps=args.adam_eps, weight_decay=args.adam_weight_decay, fused=device.type == "cuda")
+                                 eps=args.adam_eps, weight_decay=weight_decay, fused=device.type == "cuda")
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
         betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
@@ -756,8 +773,10 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     muon.param_groups[0]["weight_decay"] = args.muon_weight_decay
     muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
-    optimizers = [adam_group(args, tokens, token_lr, device, decay=True), muon,
-                  adam_group(args, scalar, args.scalar_lr, device, decay=True)]
+    token_wd = scalar_wd = 0.0
+    token_wd = scalar_wd = args.adam_weight_decay
+    optimizers = [adam_group(args, tokens, token_lr, device, token_wd), muon,
+                  adam_group(args, scalar, args.scalar_lr, device, scalar_wd)]
     if model.lm_head is not None:
         optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
@@ -769,6 +788,9 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
 def lr_multiplier(args, step: int, elapsed_ms: float) -> float:
     """LR scale: 1, then linear to 0 over the last warmdown_iters steps. With a wallclock cap
     the warmdown is warmdown_iters * (mean step time so far) before the cap."""
+    return lr_schedule(args, step, elapsed_ms)
+
+def lr_schedule(args, step: int, elapsed_ms: float) -> float:
     if args.warmdown_iters <= 0:
         return 1.0
     if args.max_wallclock_seconds <= 0:
@@ -945,9 +967,6 @@ def compress_bytes(args, raw: bytes) -> bytes:
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
 
 def decompress_bytes(args, blob: bytes) -> bytes:
-    return decompress_raw(args, blob)
-
-def decompress_raw(args, blob: bytes) -> bytes:
     if args.compressor == "zlib":
         return zlib.decompress(blob)
     if args.compressor == "zstd":
@@ -981,7 +1000,8 @@ def export_model(args, state_dict: dict[str, Tensor], hessians: dict | None = No
 
 def import_model(args, blob: bytes) -> dict[str, Tensor]:
     """The state dict (original dtypes, CPU) behind an artifact made by export_model."""
-    obj = torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu")
+    raw = decompress_bytes(args, blob)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
     return dequantize_state_dict_int8(obj)
 
 
@@ -1013,6 +1033,9 @@ def build_model(args, device: torch.device) -> GPT:
         restore_low_dim_params_to_fp32(model)
     return model
 
+def make_loader(args, train_files: str, rank: int, world_size: int, device: torch.device):
+    return DistributedTokenLoader(train_files, rank, world_size, device)
+
 def wrap_ddp(model, device: torch.device, local_rank: int) -> DDP:
     # The model's only buffers are RoPE tables every rank computes alike, so they are not
     # re-broadcast each forward (torch >= 2.10 renamed the switch).
@@ -1039,13 +1062,15 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
     restore the initial weights and optimizer state: timed training starts from init."""
     init_model = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
     init_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    for i in range(args.warmup_steps):
-        train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
-            log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
+    phases = [("warmup_step", False)]
+    for name, looping in phases:
+        for i in range(args.warmup_steps):
+            train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
+                log0(f"{name}:{i + 1}/{args.warmup_steps}")
     base_model.load_state_dict(init_model, strict=True)
     for opt, state in zip(optimizers, init_opts):
         opt.load_state_dict(state)
@@ -1193,17 +1218,14 @@ def main() -> None:
     log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     log0(f"seed:{args.seed}")
 
-    if args.eval_only_path:
-        return eval_only(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts,
-                         log0, final_scores)
 
     def eval_fn(m):
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
 
     if args.warmup_steps > 0:
-        loader = DistributedTokenLoader(train_files, rank, world_size, device)
+        loader = make_loader(args, train_files, rank, world_size, device)
         prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0)
-    loader = DistributedTokenLoader(train_files, rank, world_size, device)
+    loader = make_loader(args, train_files, rank, world_size, device)
     averager = build_averager(args, base_model)
     steps, train_ms, stopped_early = train(args, model, base_model, optimizers, muon, loader, eval_fn,
                                            grad_accum_steps, device, distributed, log0, averager)
@@ -1274,29 +1296,6 @@ def build_averager(args, model):
     return SwaAverager(args, model) if args.swa_every > 0 else None
 
 
-# ---- Eval-only mode: score a saved artifact without training, to tune evaluation (TTT) settings ----
-
-def eval_only(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0, scores):
-    """Load args.eval_only_path into the model, run `scores` (train.final_scores), log the result."""
-    path = Path(args.eval_only_path)
-    if not path.is_file():
-        raise SystemExit(f"error: EVAL_ONLY_PATH={args.eval_only_path}: no such artifact")
-    blob = path.read_bytes()
-    base_model.load_state_dict(import_model(args, blob), strict=True)
-    log0(f"eval_only: {path} ({len(blob)} bytes), no training")
-    t0 = time.perf_counter()
-    paths = scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0)
-    log0(f"total_eval_time:{time.perf_counter() - t0:.1f}s")
-    name, loss, bpb, ms = paths[-1]
-    log0("golf_result_json:" + json.dumps({"eval_only": str(path), "seed": args.seed, "eval_path": name,
-                                           "val_loss": loss, "val_bpb": bpb, "eval_time_ms": round(ms),
-                                           "bytes_model": len(blob), "world_size": world_size}, sort_keys=True))
-    log0.close()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 # ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
 
 class Ledger:
@@ -1342,15 +1341,18 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
     ends = list(range(min(seq_len, total), total, stride)) + [total]
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
-def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None) -> None:
-    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode."""
+def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None,
+                  doc_len: int = 0) -> None:
+    """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode.
+    doc_len > 0: per-document attention with documents cut every doc_len tokens."""
     model.eval()
     for i in range(0, len(wins), batch):
         part = wins[i : i + batch]
         rows = torch.stack([val_tokens[s : e + 1] for s, _, e in part]).to(device=device, dtype=torch.int64)
         x, y = rows[:, :-1], rows[:, 1:]
+        docs = {}
         with torch.inference_mode(), autocast_ctx(device):
-            logits = model(x).float()
+            logits = model(x, **docs).float()
             nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
             first = torch.tensor([a - s for s, a, _ in part], device=device)
             mask = torch.arange(y.size(1), device=device)[None, :] >= first[:, None]
@@ -1366,8 +1368,9 @@ def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger
     if ledger is not None:
         ledger.begin("sliding")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
+    doc_len = 0
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, args.eval_batch_seqs, ledger)
+                  device, sums, args.eval_batch_seqs, ledger, doc_len)
     model.train()
     return finish_scores(sums)
 

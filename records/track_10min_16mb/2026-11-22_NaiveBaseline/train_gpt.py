@@ -223,10 +223,14 @@ class DistributedTokenLoader:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(pattern)
 
-    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+    def local_span(self, global_tokens: int, grad_accum_steps: int) -> Tensor:
+        """This rank's tokens of the next step (CPU, int64): its share plus one target token."""
         span = global_tokens // (self.world_size * grad_accum_steps) + 1
         chunk = self.stream.take(span * self.world_size)
-        local = chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        return chunk[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+        local = self.local_span(global_tokens, grad_accum_steps)
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -268,8 +272,7 @@ def count_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple[Tensor, Tensor, T
     return base_bytes[tgt_ids].to(torch.int16) + (has_leading_space[tgt_ids] & ~is_boundary[prev_ids]).to(torch.int16)
 
 def target_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple, first) -> Tensor:
-    """Bytes behind each target; `first` is the val_tokens index of each row's first target.
-    With a CaseOps byte sidecar (a fourth table, by position) the bytes of the original text."""
+    """Bytes behind each target (`first`: position of each row's first target, for a CaseOps sidecar)."""
     return count_bytes(prev_ids, tgt_ids, luts)
 
 def bits_per_byte(loss_nats_sum: float, token_count: float, byte_count: float) -> float:
@@ -304,11 +307,12 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 raw = val_tokens[start * seq_len : min(start + batch_seqs, seq_end) * seq_len + 1]
                 local = raw.to(device=device, dtype=torch.int64, non_blocking=True)
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+                docs = {}
                 with autocast_ctx(device):
-                    batch_loss = model(x, y).detach()
+                    batch_loss = model(x, y, **docs).detach()
                 if ledger is not None and ledger.dir:
                     # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
+                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
                     ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
@@ -334,6 +338,7 @@ except ImportError:
 CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights", "smear", "ve_layer_scales", "ve_shared.scale",
+    "skip_gates", "parallel_post_lambdas", "parallel_resid_lambdas", "attn_gate",
 )
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
@@ -429,15 +434,17 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((heads,), args.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, base=args.rope_base)
 
-    def forward(self, x: Tensor, ve: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         B, T, C = x.shape
-        q = F.rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
+        q_raw = self.c_q(x)
+        q = F.rms_norm(q_raw.view(B, T, self.num_heads, self.head_dim), (self.head_dim,))
         k = F.rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim), (self.head_dim,))
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
         cos, sin = self.rotary(T, x.device, q.dtype)
         q = apply_rotary_emb(q, cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary_emb(k, cos, sin)
-        return self.proj(attention(q, k, v, causal=True).reshape(B, T, C))
+        y = attention(q, k, v, causal=True)
+        return self.proj(y.reshape(B, T, C))
 
 def mlp_activation(name: str, h: Tensor) -> Tensor:
     """The MLP nonlinearity; add a branch here (and to the HP choices) for a new one."""
@@ -472,11 +479,15 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None) -> Tensor:
+    def normed(self, norm: RMSNorm, x: Tensor) -> Tensor:
+        """A branch's input: normed (and, with LN scale, damped by depth)."""
+        return norm(x)
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(self.attn_norm(x), ve)
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.mlp_norm(x))
+        x = x + self.attn_scale.to(x.dtype) * self.attn(self.normed(self.attn_norm, x), ve, cu_seqlens)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(self.normed(self.mlp_norm, x))
 
 class GPT(nn.Module):
     """forward(input_ids, target_ids=None, reduction="mean"):
@@ -506,29 +517,34 @@ class GPT(nn.Module):
             if isinstance(m, nn.Linear) and getattr(m, "_zero_init", False):
                 nn.init.zeros_(m.weight)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
-        """Final-normed hidden states (B, T, model_dim)."""
-        x = F.rms_norm(self.tok_emb(input_ids), (self.tok_emb.embedding_dim,))
+    def hidden(self, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """Final-normed hidden states (B, T, model_dim); cu_seqlens: document starts (docattn)."""
+        x = self.tok_emb(input_ids)
+        x = F.rms_norm(x, (x.size(-1),))
         x0, skips = x, []
         ves = [None] * len(self.blocks)  # per block: what to add to its attention values
         # Encoder half stores its outputs; the decoder half adds them back in reverse order.
-        n = self.num_encoder_layers
-        for block, ve in zip(self.blocks[:n], ves):
-            x = block(x, x0, ve)
+        encoder, decoder = range(self.num_encoder_layers), range(self.num_encoder_layers, len(self.blocks))
+        for i in encoder:
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
             skips.append(x)
-        for i, block in enumerate(self.blocks[n:]):
+        for j, i in enumerate(decoder):
             if skips:
-                x = x + self.skip_weights[i].to(x.dtype) * skips.pop()
-            x = block(x, x0, ves[n + i])
+                skip = self.skip_weights[j].to(x.dtype) * skips.pop()
+                x = x + skip
+            x = self.blocks[i](x, x0, ves[i], cu_seqlens)
         return self.final_norm(x)
+
+    def raw_logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
 
     def logits_from_hidden(self, h: Tensor) -> Tensor:
         """Soft-capped logits in the compute dtype (bf16 under autocast)."""
-        raw = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
-        return self.logit_softcap * torch.tanh(raw / self.logit_softcap)
+        return self.logit_softcap * torch.tanh(self.raw_logits(h) / self.logit_softcap)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
-        h = self.hidden(input_ids)
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduction: str = "mean",
+                cu_seqlens: Tensor | None = None) -> Tensor:
+        h = self.hidden(input_ids, cu_seqlens)
         logits = self.logits_from_hidden(h.reshape(-1, h.size(-1))).float()
         if target_ids is None:
             return logits.view(*input_ids.shape, -1)
@@ -542,18 +558,20 @@ def muon_dtype(device: torch.device) -> torch.dtype:
     """Precision of Muon's orthogonalisation and update buffer: bf16 on CUDA, fp32 on CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
-def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None) -> Tensor:
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7, dtype=None,
+                                coeffs: tuple = ((3.4445, -4.7750, 2.0315),)) -> Tensor:
     """Approximately orthogonalise a 2-D matrix (U V^T of its SVD) with a quintic
     Newton-Schulz iteration. The tuned coefficients trade exactness for speed:
-    singular values land in roughly [0.7, 1.2], not exactly at 1. Runs in bf16 on CUDA
-    (as upstream) and fp32 on CPU, where small bf16 matmuls are ~100x slower."""
-    a, b, c = 3.4445, -4.7750, 2.0315
+    singular values land in roughly [0.7, 1.2], not exactly at 1. Iteration i uses
+    coeffs[min(i, len - 1)]. Runs in bf16 on CUDA (as upstream) and fp32 on CPU, where
+    small bf16 matmuls are ~100x slower."""
     X = G.to(dtype or muon_dtype(G.device))
     X = X / (X.norm() + eps)
     tall = G.size(0) > G.size(1)
     if tall:  # iterate on the wide orientation so X @ X.T is the small Gram matrix
         X = X.T
-    for _ in range(steps):
+    for i in range(steps):
+        a, b, c = coeffs[min(i, len(coeffs) - 1)]
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if tall else X
@@ -569,6 +587,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
         self.zeropower = zeropower_via_newtonschulz5
+        self.ns_kwargs = {}  # e.g. the Polar Express coefficients
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         g, momentum = p.grad, group["momentum"]
@@ -579,7 +598,7 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(momentum).add_(g)
         if group["nesterov"]:
             g = g.add(buf, alpha=momentum)
-        g = self.zeropower(g, steps=group["backend_steps"])
+        g = self.zeropower(g, steps=group["backend_steps"], **self.ns_kwargs)
         # Tall matrices get a larger step so the per-element RMS matches square ones.
         return g * max(1, g.size(0) / g.size(1)) ** 0.5
 
@@ -608,7 +627,7 @@ class Muon(torch.optim.Optimizer):
                 p.add_(flat[start: start + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
         return loss
 
-def adam_group(args, params: list, lr: float, device: torch.device, decay: bool = False) -> torch.optim.Adam:
+def adam_group(args, params: list, lr: float, device: torch.device, weight_decay: float = 0.0) -> torch.optim.Adam:
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
         betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
@@ -632,8 +651,9 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     muon = Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
-    optimizers = [adam_group(args, tokens, token_lr, device, decay=True), muon,
-                  adam_group(args, scalar, args.scalar_lr, device, decay=True)]
+    token_wd = scalar_wd = 0.0
+    optimizers = [adam_group(args, tokens, token_lr, device, token_wd), muon,
+                  adam_group(args, scalar, args.scalar_lr, device, scalar_wd)]
     if model.lm_head is not None:
         optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
@@ -645,6 +665,9 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
 def lr_multiplier(args, step: int, elapsed_ms: float) -> float:
     """LR scale: 1, then linear to 0 over the last warmdown_iters steps. With a wallclock cap
     the warmdown is warmdown_iters * (mean step time so far) before the cap."""
+    return lr_schedule(args, step, elapsed_ms)
+
+def lr_schedule(args, step: int, elapsed_ms: float) -> float:
     if args.warmdown_iters <= 0:
         return 1.0
     if args.max_wallclock_seconds <= 0:
@@ -743,9 +766,6 @@ def compress_bytes(args, raw: bytes) -> bytes:
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
 
 def decompress_bytes(args, blob: bytes) -> bytes:
-    return decompress_raw(args, blob)
-
-def decompress_raw(args, blob: bytes) -> bytes:
     if args.compressor == "zlib":
         return zlib.decompress(blob)
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
@@ -774,7 +794,8 @@ def export_model(args, state_dict: dict[str, Tensor], hessians: dict | None = No
 
 def import_model(args, blob: bytes) -> dict[str, Tensor]:
     """The state dict (original dtypes, CPU) behind an artifact made by export_model."""
-    obj = torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu")
+    raw = decompress_bytes(args, blob)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
     return dequantize_state_dict_int8(obj)
 
 
@@ -806,6 +827,9 @@ def build_model(args, device: torch.device) -> GPT:
         restore_low_dim_params_to_fp32(model)
     return model
 
+def make_loader(args, train_files: str, rank: int, world_size: int, device: torch.device):
+    return DistributedTokenLoader(train_files, rank, world_size, device)
+
 def wrap_ddp(model, device: torch.device, local_rank: int) -> DDP:
     # The model's only buffers are RoPE tables every rank computes alike, so they are not
     # re-broadcast each forward (torch >= 2.10 renamed the switch).
@@ -832,13 +856,15 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
     restore the initial weights and optimizer state: timed training starts from init."""
     init_model = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
     init_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    for i in range(args.warmup_steps):
-        train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
-            log0(f"warmup_step:{i + 1}/{args.warmup_steps}")
+    phases = [("warmup_step", False)]
+    for name, looping in phases:
+        for i in range(args.warmup_steps):
+            train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if args.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == args.warmup_steps:
+                log0(f"{name}:{i + 1}/{args.warmup_steps}")
     base_model.load_state_dict(init_model, strict=True)
     for opt, state in zip(optimizers, init_opts):
         opt.load_state_dict(state)
@@ -979,9 +1005,9 @@ def main() -> None:
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
 
     if args.warmup_steps > 0:
-        loader = DistributedTokenLoader(train_files, rank, world_size, device)
+        loader = make_loader(args, train_files, rank, world_size, device)
         prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum_steps, device, distributed, log0)
-    loader = DistributedTokenLoader(train_files, rank, world_size, device)
+    loader = make_loader(args, train_files, rank, world_size, device)
     averager = build_averager(args, base_model)
     steps, train_ms, stopped_early = train(args, model, base_model, optimizers, muon, loader, eval_fn,
                                            grad_accum_steps, device, distributed, log0, averager)
