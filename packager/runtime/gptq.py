@@ -201,7 +201,7 @@ def collect_hessians(args, model: nn.Module, loader, grad_accum_steps: int, devi
     try:
         with torch.no_grad():
             for _ in range(args.gptq_calibration_batches):
-                x, _ = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)
+                x = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum_steps)[0]
                 model(x)
     finally:
         for h in hooks:
