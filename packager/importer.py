@@ -28,10 +28,10 @@ from packager.errors import UserError
 from packager.hparams import all_hparams
 
 # Record attribute -> our hyperparameter name, where neither the name nor the env var matches.
-RENAMES = {"ttt_chunk_size": "ttt_chunk_len", "ttt_batch_size": "ttt_batch_docs", "smear_gate_enabled": "smear_gate",
-           "use_smeargate": "smear_gate", "bigram_vocab_size": "bigram_buckets", "bigram_hash_buckets": "bigram_buckets",
+RENAMES = {"ttt_chunk_size": "ttt_chunk_len", "ttt_batch_size": "ttt_batch_docs", "use_smeargate": "smear_gate", "bigram_vocab_size": "bigram_buckets", "bigram_hash_buckets": "bigram_buckets",
            "bigram_hash_dim": "bigram_dim", "eval_stride": "sliding_stride", "val_batch_tokens": "val_batch_size",
-           "gptq_calib_batches": "gptq_calibration_batches"}
+           "gptq_calib_batches": "gptq_calibration_batches", "gate_attn_out": "attn_out_gate",
+           "gate_attn_src": "attn_out_gate_src", "gate_width": "gate_window"}
 # Settings that say GPTQ ran (the full-Hessian export of the later records).
 GPTQ_HINTS = {"use_gptq", "gptq_calibration_batches", "gptq_calib_batches", "gptq_calib_samples", "matrix_clip_sigmas",
               "embed_clip_sigmas"}
@@ -40,6 +40,8 @@ ENVIRONMENT = {"data_dir", "run_id", "rank", "world_size", "local_rank", "distri
                "grad_accum_steps", "logfile", "model_path", "quantized_model_path", "artifact_dir", "train_files",
                "val_files", "val_bytes_files", "ttt_enabled", "datasets_dir", "data_path", "tokenizer_path",
                "default_datasets_dir"}
+# Techniques some scripts hard-code (no setting): (pattern in the source, setting it implies, unless set).
+CODE_MARKERS = ((r"^class SmearGate\b", "use_smeargate", True),)
 WRAPPED_MIN = 2000  # a string constant this long in a short script is a packed program
 
 
@@ -125,8 +127,8 @@ def _cast(value, cast: str):
 def log_settings(folder: Path) -> tuple[dict, int | None]:
     """({name: value} the first log prints, model_params) from the folder's logs."""
     values, params = {}, None
-    for log in sorted(folder.glob("*.log")) + sorted(folder.glob("*.txt")):
-        text = log.read_text(encoding="utf-8", errors="replace")
+    for log in sorted(folder.glob("**/*.log")) + sorted(p for p in folder.glob("**/*.txt") if p.name != "requirements.txt"):
+        text = re.sub(r"^\d{9,}\.\d+ ", "", log.read_text(encoding="utf-8", errors="replace"), flags=re.M)  # timestamps
         found = re.search(r"^model_params:(\d+)", text, re.M)
         params = params or (int(found.group(1)) if found else None)
         block = re.search(r"^Hyperparameters:\n((?:  \w+: .*\n)+)", text, re.M)
@@ -163,6 +165,10 @@ def derived_settings(settings: dict) -> dict:
         del out["mlp_hidden"]
     elif not hidden:  # 0: the width comes from mlp_mult
         out.pop("mlp_hidden", None)
+    if "num_loops" in out and "loop_start" not in out:  # the early NUM_LOOPS: the whole stack N times
+        loops = out.pop("num_loops")
+        if loops not in (0, 1):
+            out["num_loops_whole_stack"] = loops
     if out.get("ve_enabled") is False:
         out["ve_layers"] = ""
     out.pop("ve_enabled", None)
@@ -255,6 +261,9 @@ def import_record(folder: Path) -> Imported:
                 if not isinstance(default, bool) else bool(int(command[env]))
     logged, params = log_settings(folder)
     settings.update(logged)
+    for pattern, name, value in CODE_MARKERS:
+        if re.search(pattern, source, re.M) and not any(k.startswith(("smear", "use_smear")) for k in settings):
+            settings[name] = value
     values, unmapped = map_settings(settings)
     meta = {}
     if (folder / "submission.json").is_file():
