@@ -1,6 +1,10 @@
-"""The #1855 and #1868 recipes: rendered wrapped (shipped file of four lines), the records' model, and
-a CPU run on tiny CaseOps sp8192 data with one and two ranks through GPTQ, LQER, the record's
-compressor and phased TTT (benchmark: about three minutes per run on two busy cores)."""
+"""The #1855 and #1868 recipes: the records' techniques, and a CPU run on tiny CaseOps sp8192 data with
+one and two ranks through GPTQ, LQER, the record's compressor and phased TTT (benchmark: about three
+minutes per run on two busy cores).
+
+Not shipped in records/ yet: wrapped, the program they run is 1,919 (#1855) and 1,834 (#1868) lines
+without docstrings and comments, over the 1,500 lines that the renderer (and golf-verify's code.lines)
+allows a golf-pack script once unwrapped. The run test lifts that limit for itself only."""
 
 from __future__ import annotations
 
@@ -28,21 +32,23 @@ SMOKE = {"ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "6", "MODEL_DIM":
 
 
 @pytest.mark.parametrize("recipe", sorted(FRONTIER))
-def test_renders_wrapped_with_the_records_techniques(recipe, tmp_path):
+def test_the_records_techniques_and_the_line_limit(recipe, tmp_path):
     path = ROOT / "recipes" / f"{recipe}.yaml"
     features = recipe_features(load_recipe(path).values)
     assert {"gptq", "lqer", "caseops", "ttt_phased", "depth_recurrence", *FRONTIER[recipe]} <= features
     result = CliRunner().invoke(pack, [str(path), "--out", str(tmp_path / "rec")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "rec" / "train_gpt.py").read_text().count("\n") < 1500
-    assert "brotli" in (tmp_path / "rec" / "requirements.txt").read_text()
+    assert result.exit_code == 2 and "even wrapped, train_gpt.py would run" in result.output
+    assert not (tmp_path / "rec").exists()
 
 
 @pytest.mark.benchmark
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("recipe", sorted(FRONTIER))
-def test_runs_on_cpu_through_phased_ttt(recipe, nproc, tmp_path_factory):
+def test_runs_on_cpu_through_phased_ttt(recipe, nproc, tmp_path_factory, monkeypatch):
+    from packager import render
     from packager.caseops import build_tiny_caseops
+
+    monkeypatch.setattr(render, "MAX_LINES", 4000)
     from tests.test_e2e import run_torchrun, smoke_env
 
     if recipe.endswith("1855") and shutil.which("lrzip") is None:
