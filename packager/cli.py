@@ -126,9 +126,72 @@ def smoke(source: Path, seeds: tuple[int, ...], nproc: int, data_path: str | Non
     sys.exit(0 if result.ok else 1)
 
 
+@click.command("import", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("record", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Recipe file to write (default: recipes/<record folder>.yaml); never overwrites.")
+def import_cmd(record: Path, out: Path | None) -> None:
+    """Write a recipe from a record folder (script defaults, README command, logged hyperparameters).
+    Every setting without a recipe key is listed here and as a comment in the recipe; the model's
+    parameter count is compared with the model_params its logs print."""
+    from packager.importer import check_import
+
+    out = out or Path("recipes") / f"{record.name}.yaml"
+    try:
+        if out.exists():
+            raise UserError("exists; choose another --out", str(out))
+        report = check_import(record, out)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(f"{out}: recipe from {record}")
+    for name in report["unmapped"]:
+        click.echo(f"unmapped: {name}")
+    if "error" in report:
+        click.echo(f"error: {report['error']}", err=True)
+        sys.exit(1)
+    verdict = "match" if report["match"] else "DIFFER"
+    click.echo(f"model_params: recipe {report['params']} record {report['logged_params']} ({verdict})")
+    sys.exit(0 if report["match"] else 1)
+
+
+@click.command("diff", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("a", type=click.Path(exists=True, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, path_type=Path))
+def diff_cmd(a: Path, b: Path) -> None:
+    """What differs between two records or recipes: effective settings, techniques, code bytes."""
+    from packager.importer import diff_sources
+
+    try:
+        lines = diff_sources(a, b)
+    except UserError as exc:
+        _fail(exc)
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("no differences")
+
+
+SUBCOMMANDS = {"smoke": smoke, "import": import_cmd, "diff": diff_cmd}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def data() -> None:
     """Datasets for tests and smoke runs."""
+
+
+@data.command("caseops")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--vocab", "vocab_size", type=int, default=8192, show_default=True)
+def data_caseops(out: Path, vocab_size: int) -> None:
+    """Build a tiny CaseOps dataset (tokenizer, shards, validation byte sidecar) from Python's own docs."""
+    from packager.caseops import build_tiny_caseops
+
+    try:
+        summary = build_tiny_caseops(out, vocab_size=vocab_size)
+    except UserError as exc:
+        _fail(exc)
+    for key, value in summary.items():
+        click.echo(f"{key}: {value}")
 
 
 @data.command("tiny")
@@ -151,8 +214,9 @@ def data_tiny(out: Path, vocab_size: int) -> None:
 
 
 def pack_main() -> None:
-    if sys.argv[1:2] == ["smoke"]:
-        smoke(args=sys.argv[2:], prog_name="golf-pack smoke")
+    # `golf-pack RECIPE` renders; `golf-pack smoke|import|diff ...` are subcommands.
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        SUBCOMMANDS[sys.argv[1]](args=sys.argv[2:], prog_name=f"golf-pack {sys.argv[1]}")
     pack(prog_name="golf-pack")
 
 

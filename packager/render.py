@@ -394,7 +394,7 @@ def check_script(script: str, recipe) -> None:
 # Minimum versions written to requirements.txt: fixed, so that output never depends on
 # what happens to be installed on the machine that renders.
 REQUIREMENTS = {"torch": "torch>=2.4", "numpy": "numpy>=1.26", "sentencepiece": "sentencepiece>=0.2",
-                "zstandard": "zstandard>=0.22"}
+                "zstandard": "zstandard>=0.22", "brotli": "brotli>=1.1"}
 OPTIONAL_MODULES = {"flash_attn", "flash_attn_interface"}
 
 

@@ -9,12 +9,15 @@ import pytest
 import torch
 
 from packager.hparams import resolve
+from packager.runtime import compress as C
+from packager.runtime import gptq as G
+from packager.runtime import lqer as L
 from packager.runtime import quant as Q
 
 
 def make_args(**overrides):
-    """args with quant.py's own hyperparameters (defaults = the baseline export)."""
-    values = resolve(None, Q.HPARAMS)
+    """args with the export modules' hyperparameters (defaults = the baseline export)."""
+    values = resolve(None, Q.HPARAMS + G.HPARAMS + L.HPARAMS + C.HPARAMS)
     for key, value in overrides.items():
         assert key in values, key
         values[key] = value
@@ -214,7 +217,7 @@ def test_missing_zstandard_is_an_error_not_a_fallback(monkeypatch):
         with pytest.raises(RuntimeError, match="zstandard.*pip install zstandard"):
             call()
     with pytest.raises(ValueError, match="not available"):
-        Q.compress_bytes(make_args(compressor="brotli"), b"x")
+        Q.compress_bytes(make_args(compressor="bz2"), b"x")
 
 
 @pytest.mark.parametrize("overrides", [

@@ -16,7 +16,10 @@ from packager.render import MAX_LINES, render_script
 from packager.wrap import wrap_lzma_b85
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+# The April frontier recipes (wrapped, vocab 8192, CaseOps data) have their own tests:
+# tests/test_frontier_recipes.py.
+FRONTIER = {"lqer_sparsegate_bossmearfix_1855", "smeargate_bosfix_3seed_1868"}
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.stem not in FRONTIER)
 SEEDS = [p for p in RECIPES if p.stem != "naive_baseline"]
 
 # Parameters of each recipe's full-size model, as rendered. Pinned: a change here is a

@@ -187,6 +187,8 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
             out.append(("ttt.mode", "pre_eval TTT trains on validation tokens before scoring them, which the "
                                     "rules forbid; it renders only with identity.track non_record_16mb and "
                                     "ttt.allow_illegal_ttt: true"))
+    if v.get("compressor") == "pergroup" and not v.get("gptq"):
+        out.append(("export.compressor", "compressor pergroup packs the levels of a GPTQ export: set export.gptq: true"))
     out += frontier_rules(v)
     if len(set(recipe.seeds)) != len(recipe.seeds):
         out.append(("seeds", "seeds must be distinct"))

@@ -51,8 +51,18 @@ def build_sentencepiece_luts(sp: spm.SentencePieceProcessor, vocab_size: int,
 
 def count_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """Text bytes behind each target token (int16, same shape as tgt_ids)."""
-    base_bytes, has_leading_space, is_boundary = luts
+    base_bytes, has_leading_space, is_boundary = luts[:3]
     return base_bytes[tgt_ids].to(torch.int16) + (has_leading_space[tgt_ids] & ~is_boundary[prev_ids]).to(torch.int16)
+
+
+def target_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple, first) -> Tensor:
+    """Bytes behind each target (`first`: position of each row's first target, for a CaseOps sidecar)."""
+    if feature("caseops"):
+        if len(luts) > 3:
+            pos = torch.as_tensor(first, device=tgt_ids.device).reshape(-1, *([1] * (tgt_ids.ndim - 1)))
+            pos = (pos + torch.arange(tgt_ids.size(-1), device=tgt_ids.device)).clamp(max=luts[3].numel() - 1)
+            return luts[3][pos].to(torch.int16)  # padding columns (clamped) are masked by the callers
+    return count_bytes(prev_ids, tgt_ids, luts)
 
 
 def bits_per_byte(loss_nats_sum: float, token_count: float, byte_count: float) -> float:
@@ -101,7 +111,7 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                     ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
-                sums[2] += count_bytes(x.reshape(-1), y.reshape(-1), luts).to(torch.float64).sum()
+                sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
     finally:
         model.train()
     return finish_scores(sums)

@@ -122,7 +122,9 @@ class DistributedTokenLoader:
 
 def load_validation_tokens(pattern: str, seq_len: int) -> Tensor:
     """All validation shards, concatenated and cut to whole sequences plus one target token."""
-    tokens = torch.cat([load_data_shard(f) for f in glob_shard_files(pattern)]).contiguous()
+    # A CaseOps byte sidecar (fineweb_val_bytes_*) matches the pattern too: it is not tokens.
+    files = [f for f in glob_shard_files(pattern) if "_bytes_" not in f.name]
+    tokens = torch.cat([load_data_shard(f) for f in files]).contiguous()
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
         raise ValueError(f"Validation set too short for TRAIN_SEQ_LEN={seq_len}: {tokens.numel()} tokens in {pattern}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from packager.runtime.bpb import count_bytes, finish_scores
+from packager.runtime.bpb import finish_scores, target_bytes
 from packager.runtime.docattn import document_starts
 from packager.runtime.features import HP, feature
 from packager.runtime.system import autocast_ctx
@@ -115,7 +115,7 @@ def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, bat
             mask = torch.arange(y.size(1), device=device)[None, :] >= first[:, None]
             sums[0] += nll[mask].double().sum()
             sums[1] += mask.sum()
-            sums[2] += count_bytes(x, y, luts)[mask].double().sum()
+            sums[2] += target_bytes(x, y, luts, [s + 1 for s, _, _ in part])[mask].double().sum()
         if ledger is not None:
             for j, (s, a, _) in enumerate(part):
                 ledger.score(a + 1, nll[j, a - s :], logits[j, a - s :])

@@ -26,7 +26,12 @@ import zlib
 import torch
 from torch import Tensor
 
+from packager.runtime.compress import (
+    brotli_compress, brotli_decompress, check_compressor, deserialize_pergroup, serialize_pergroup, shuffle_bytes,
+    unshuffle_bytes,
+)
 from packager.runtime.features import HP, feature
+from packager.runtime.gptq import QUANT_FORMAT_GPTQ, dequantize_state_dict_gptq, quantize_state_dict_gptq
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 
 FEATURES = {
@@ -39,10 +44,10 @@ FEATURES = {
 }
 
 HPARAMS = (
-    HP("compressor", "COMPRESSOR", "export.compressor", str, "zlib", choices=("zlib", "zstd", "lzma"),
+    HP("compressor", "COMPRESSOR", "export.compressor", str, "zlib", choices=("zlib", "zstd", "lzma", "brotli", "pergroup"),
        doc="artifact compressor; a missing module is an error, never a fallback"),
     HP("compress_level", "COMPRESS_LEVEL", "export.compress_level", int, 9,
-       doc="zlib level 0-9, zstd level 1-22, lzma preset 0-9"),
+       doc="zlib level 0-9, zstd level 1-22, lzma preset 0-9, brotli quality 0-11"),
     HP("quant_scheme", "QUANT_SCHEME", "export.quant", str, "int8", feature="mixed_quant",
        choices=("int8", "mixed"), doc="int8: upstream per-row int8; mixed: bits per tensor class"),
     HP("bits_mlp", "QUANT_BITS_MLP", "export.bits_mlp", int, 8, feature="mixed_quant",
@@ -200,7 +205,10 @@ def quantize_state_dict_mixed(args, state_dict: dict[str, Tensor]) -> tuple[dict
     return build_quant_obj(state_dict, QUANT_FORMAT_MIXED, choose)
 
 
-def quantize_for_export(args, state_dict: dict[str, Tensor]) -> tuple[dict, dict]:
+def quantize_for_export(args, state_dict: dict[str, Tensor], hessians: dict | None = None) -> tuple[dict, dict]:
+    if feature("gptq"):
+        if args.gptq:
+            return quantize_state_dict_gptq(args, state_dict, hessians)
     if feature("mixed_quant"):
         if args.quant_scheme == "mixed":
             return quantize_state_dict_mixed(args, state_dict)
@@ -251,6 +259,9 @@ def compress_bytes(args, raw: bytes) -> bytes:
     if feature("lzma"):
         if args.compressor == "lzma":
             return lzma.compress(raw, preset=args.compress_level)
+    if feature("brotli"):
+        if args.compressor == "brotli":
+            return brotli_compress(raw, args.compress_level)
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
 
 
@@ -263,6 +274,9 @@ def decompress_bytes(args, blob: bytes) -> bytes:
     if feature("lzma"):
         if args.compressor == "lzma":
             return lzma.decompress(blob)
+    if feature("brotli"):
+        if args.compressor == "brotli":
+            return brotli_decompress(blob)
     raise ValueError(f"COMPRESSOR={args.compressor!r} is not available in this script")
 
 
@@ -273,25 +287,36 @@ def export_label(args) -> tuple[str, str]:
         if args.quant_scheme == "mixed":  # the block matrices' width; int5 MLP + int6 attn prints int6, as the records
             bits = {args.bits_mlp, args.bits_attn}
             quant = "fp16" if bits == {16} else f"int{max(bits)}" if len(bits) == 1 or bits <= {5, 6} else "mixed"
+    if feature("gptq"):
+        if args.gptq:
+            quant = f"int{args.matrix_bits}"
     return f"{quant}+{args.compressor}", f"{quant}_{args.compressor}"
 
 
 def check_export_args(args) -> None:
     """Raise before training for an export that would fail after it: export and import an empty state dict."""
+    if feature("brotli"):
+        check_compressor(args)
     import_model(args, export_model(args, {})[0])
 
 
-def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
-    """(compressed artifact, stats) for a state dict: prune, quantize, torch.save, compress."""
+def export_model(args, state_dict: dict[str, Tensor], hessians: dict | None = None) -> tuple[bytes, dict]:
+    """(compressed artifact, stats) for a state dict: prune, quantize, torch.save, compress.
+    `hessians` ({weight name: H}) feed GPTQ when the recipe uses it."""
     if feature("prune"):
         state_dict, pruned = prune_state_dict(state_dict, args.prune_frac)
     else:
         pruned = 0
-    obj, stats = quantize_for_export(args, state_dict)
+    obj, stats = quantize_for_export(args, state_dict, hessians)
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
-    blob = compress_bytes(args, raw)
+    if feature("byte_shuffle"):
+        raw = shuffle_bytes(raw, args.byte_shuffle)
+    if feature("pergroup"):
+        blob = serialize_pergroup(args, obj) if args.compressor == "pergroup" else compress_bytes(args, raw)
+    else:
+        blob = compress_bytes(args, raw)
     stats.update(payload_bytes=stats["int8_payload_bytes"], raw_bytes=len(raw), compressed_bytes=len(blob),
                  pruned_count=pruned, quant_format=obj["__quant_format__"])
     return blob, stats
@@ -299,4 +324,14 @@ def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
 
 def import_model(args, blob: bytes) -> dict[str, Tensor]:
     """The state dict (original dtypes, CPU) behind an artifact made by export_model."""
-    return dequantize_state_dict_int8(torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu"))
+    if feature("pergroup"):
+        if args.compressor == "pergroup":
+            return dequantize_state_dict_gptq(deserialize_pergroup(blob))
+    raw = decompress_bytes(args, blob)
+    if feature("byte_shuffle"):
+        raw = unshuffle_bytes(raw)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
+    if feature("gptq"):
+        if obj["__quant_format__"] == QUANT_FORMAT_GPTQ:
+            return dequantize_state_dict_gptq(obj)
+    return dequantize_state_dict_int8(obj)

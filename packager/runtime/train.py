@@ -25,6 +25,9 @@ from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
 from packager.runtime.features import HP, feature
+from packager.runtime.caseops import load_byte_sidecar
+from packager.runtime.evalonly import eval_only
+from packager.runtime.gptq import kind_summary, timed_hessians
 from packager.runtime.frontier import looping_due
 from packager.runtime.kernels import fused_paths
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
@@ -168,6 +171,10 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
           averager=None):
     """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
     max_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
+    if feature("gptq"):
+        if max_ms is not None and args.gptq:  # calibration reads training data: it counts as training time
+            max_ms -= 1000.0 * args.gptq_reserve_seconds
+            log0(f"gptq:reserving {args.gptq_reserve_seconds:.1f}s, effective={max_ms:.0f}ms")
     train_ms, stop_after, step = 0.0, None, 0
     if feature("qat"):
         qat_on = False
@@ -226,11 +233,15 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
             stop_after = step
 
 
-def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0):
+def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0,
+                      hessians=None):
     """Quantize + compress the trained weights, write the artifact, then load the model back
     from the bytes on disk so the final score is the score of what would be shipped."""
     size_label, _ = export_label(args)
-    blob, stats = export_model(args, base_model.state_dict())
+    blob, stats = export_model(args, base_model.state_dict(), hessians)
+    if feature("gptq"):
+        if "kinds" in stats:
+            log0("Quantized weights:\n" + "\n".join(kind_summary(stats["kinds"])))
     path = out_dir / f"final_model.{size_label.split('+')[0]}.ptz"
     if master:
         path.write_bytes(blob)
@@ -254,6 +265,24 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
     log0(f"{name} val_loss:{loss:.4f} val_bpb:{bpb:.4f}{extra} eval_time:{ms:.0f}ms")
     log0(f"{name}_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
     return name, loss, bpb, ms
+
+
+def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
+    """Every eval path of the recipe on the loaded weights, round trip first: [(name, loss, bpb, ms)]."""
+    final_name = f"final_{export_label(args)[1]}_roundtrip"
+    ledger = Ledger(rank, val_tokens.numel())
+    ledger.begin("roundtrip")
+    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+    if feature("sliding"):
+        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+    if feature("ttt"):
+        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
+        paths.append(timed_eval(device, log0, lambda: eval_ttt(
+            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+    ledger.write()
+    return paths
 
 
 def main() -> None:
@@ -289,6 +318,10 @@ def main() -> None:
     for name, value in hparams_dict(args).items():
         log0(f"hparam {name}={value}")
     luts = build_sentencepiece_luts(sp, args.vocab_size, device)
+    if feature("caseops"):
+        if args.caseops_enabled:  # val_bpb counts the original text's bytes, from the sidecar
+            luts = (*luts, load_byte_sidecar(args, val_tokens, device))
+            log0(f"val_bpb:byte_sidecar original_bytes:{int(luts[3][1:].sum())}")
     log0(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={args.tokenizer_path}")
     log0(f"train_loader:dataset:{Path(args.data_path).name} train_shards:{len(glob.glob(train_files))}")
     log0(f"val_loader:shards pattern={val_files} tokens:{val_tokens.numel() - 1}")
@@ -310,6 +343,11 @@ def main() -> None:
         log0(f"fused_kernels:{fused_paths(args, device)}")
     log0(f"seed:{args.seed}")
 
+    if feature("eval_only"):
+        if args.eval_only_path:
+            return eval_only(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts,
+                             log0, final_scores)
+
     def eval_fn(m):
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
 
@@ -329,22 +367,17 @@ def main() -> None:
     if averager is not None:
         log0(f"averaging:{averager.apply_to(base_model)}")
 
+    hessians = None
+    if feature("gptq"):
+        calibration_ms = 0.0
+        if args.gptq:
+            hessians, calibration_ms = timed_hessians(args, base_model, loader, grad_accum_steps, device, log0)
+            log0(f"gptq:train_time_with_calibration:{train_ms + calibration_ms:.0f}ms")
+
     # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
-    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
-    final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
-    if feature("sliding"):
-        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
-    if feature("ttt"):
-        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
-        paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0, hessians)
+    paths = final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0)
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
@@ -360,6 +393,8 @@ def main() -> None:
         "torch": torch.__version__, "python": python_version(),
         "packager_version": PACKAGER_VERSION, "recipe_sha256": RECIPE_SHA256,
     }
+    if feature("gptq"):
+        result["calibration_ms"] = round(calibration_ms)
     log0("golf_result_json:" + json.dumps(result, sort_keys=True))
     log0.close()
     if distributed:

@@ -18,16 +18,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from packager.runtime.bpb import count_bytes, finish_scores
+from packager.runtime.bpb import finish_scores, target_bytes
 from packager.runtime.data import BOS_ID
 from packager.runtime.evaluate import eval_window, eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
 from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
+from packager.runtime.phased import eval_ttt_phased
 from packager.runtime.system import all_reduce_, autocast_ctx
 
 FEATURES = {
     "ttt": ("test-time training during the final evaluation", "ttt_mode != 'none'"),
     "ttt_lora": ("per-document LoRA TTT, score a chunk then one step on it", "ttt_mode == 'lora'"),
+    "ttt_doc_lora": ("per-document LoRA adapters scored chunk by chunk (lora and phased TTT)",
+                     "ttt_mode in ('lora', 'phased')"),
     "ttt_chunked": ("score-first chunk TTT: score a chunk's windows, then SGD on it", "ttt_mode == 'chunked'"),
     "ttt_two_phase": ("score-first two-phase TTT: scalars (Adam), then last blocks + head (SGD)",
                       "ttt_mode == 'two_phase'"),
@@ -40,14 +43,14 @@ FEATURES = {
 
 HPARAMS = (
     HP("ttt_mode", "TTT_MODE", "ttt.mode", str, "none", feature="ttt", doc="test-time training variant",
-       choices=("none", "lora", "chunked", "two_phase", "pre_eval")),
-    HP("ttt_lora_rank", "TTT_LORA_RANK", "ttt.lora_rank", int, 8, feature="ttt_lora", doc="LoRA rank", minimum=1),
+       choices=("none", "lora", "chunked", "two_phase", "pre_eval", "phased")),
+    HP("ttt_lora_rank", "TTT_LORA_RANK", "ttt.lora_rank", int, 8, feature="ttt_doc_lora", doc="LoRA rank", minimum=1),
     HP("ttt_lora_targets", "TTT_LORA_TARGETS", "ttt.lora_targets", str, "q,v,head", feature="ttt_lora",
        doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head"),
-    HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_lora", doc="Adam LR of the adapters"),
-    HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_lora",
+    HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_doc_lora", doc="Adam LR of the adapters"),
+    HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_doc_lora",
        doc="tokens scored per LoRA step", minimum=1, smoke=64),
-    HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_lora",
+    HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_doc_lora",
        doc="documents adapted side by side, each with its own adapters", minimum=1, smoke=16),
     HP("ttt_chunk_tokens", "TTT_CHUNK_TOKENS", "ttt.chunk_tokens", int, 32768, feature="ttt_score_first",
        doc="tokens scored before each round of TTT updates", minimum=1, smoke=4096),
@@ -94,6 +97,9 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
     if feature("ttt_pre_eval"):
         if args.ttt_mode == "pre_eval":
             return ("final_ttt_pre_eval", *eval_ttt_pre_eval(*run))
+    if feature("ttt_phased"):
+        if args.ttt_mode == "phased":
+            return ("quantized_ttt_phased", *eval_ttt_phased(*run, lora_batch))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
@@ -287,10 +293,12 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         y = torch.zeros_like(x)
         scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
         spans = []  # (row, first scored column, end column, window start, trains)
+        first = torch.zeros(len(batch), dtype=torch.int64)  # position of each row's first target
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:
                 cs, ce = lo + ci * size, min(lo + (ci + 1) * size, hi)
                 ws = max(lo, ce - seq_len)
+                first[b] = ws + 1
                 rows = val_tokens[ws : ce + 1].to(device=device, dtype=torch.int64)
                 x[b, : ce - ws], y[b, : ce - ws] = rows[:-1], rows[1:]
                 scored[b, cs - ws : ce - ws] = True
@@ -308,7 +316,7 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         with torch.no_grad():
             sums[0] += nll[scored].double().sum()
             sums[1] += scored.sum()
-            sums[2] += count_bytes(x, y, luts)[scored].double().sum()
+            sums[2] += target_bytes(x, y, luts, first)[scored].double().sum()
             if ledger is not None:
                 for b, c0, c1, ws, _ in spans:
                     ledger.score(ws + c0 + 1, nll[b, c0:c1], logits[b, c0:c1])

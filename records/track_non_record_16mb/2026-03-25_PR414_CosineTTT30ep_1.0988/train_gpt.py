@@ -97,7 +97,7 @@ class Hyperparameters:
 
     # export
     compressor = os.environ.get("COMPRESSOR", 'zstd')  # artifact compressor; a missing module is an error, never a fallback
-    compress_level = int(os.environ.get("COMPRESS_LEVEL", 22))  # zlib level 0-9, zstd level 1-22, lzma preset 0-9
+    compress_level = int(os.environ.get("COMPRESS_LEVEL", 22))  # zlib level 0-9, zstd level 1-22, lzma preset 0-9, brotli quality 0-11
     quant_scheme = os.environ.get("QUANT_SCHEME", 'mixed')  # int8: upstream per-row int8; mixed: bits per tensor class
     bits_mlp = int(os.environ.get("QUANT_BITS_MLP", 6))  # width of blocks.*.mlp.* matrices (16: fp16)
     bits_attn = int(os.environ.get("QUANT_BITS_ATTN", 6))  # width of blocks.*.attn.* matrices (16: fp16)
@@ -284,7 +284,9 @@ class DistributedTokenLoader:
 
 def load_validation_tokens(pattern: str, seq_len: int) -> Tensor:
     """All validation shards, concatenated and cut to whole sequences plus one target token."""
-    tokens = torch.cat([load_data_shard(f) for f in glob_shard_files(pattern)]).contiguous()
+    # A CaseOps byte sidecar (fineweb_val_bytes_*) matches the pattern too: it is not tokens.
+    files = [f for f in glob_shard_files(pattern) if "_bytes_" not in f.name]
+    tokens = torch.cat([load_data_shard(f) for f in files]).contiguous()
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
         raise ValueError(f"Validation set too short for TRAIN_SEQ_LEN={seq_len}: {tokens.numel()} tokens in {pattern}")
@@ -314,8 +316,12 @@ def build_sentencepiece_luts(sp: spm.SentencePieceProcessor, vocab_size: int,
 
 def count_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> Tensor:
     """Text bytes behind each target token (int16, same shape as tgt_ids)."""
-    base_bytes, has_leading_space, is_boundary = luts
+    base_bytes, has_leading_space, is_boundary = luts[:3]
     return base_bytes[tgt_ids].to(torch.int16) + (has_leading_space[tgt_ids] & ~is_boundary[prev_ids]).to(torch.int16)
+
+def target_bytes(prev_ids: Tensor, tgt_ids: Tensor, luts: tuple, first) -> Tensor:
+    """Bytes behind each target (`first`: position of each row's first target, for a CaseOps sidecar)."""
+    return count_bytes(prev_ids, tgt_ids, luts)
 
 def bits_per_byte(loss_nats_sum: float, token_count: float, byte_count: float) -> float:
     """Mean loss in bits per token times tokens per byte (the upstream order of operations)."""
@@ -358,7 +364,7 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                     ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
-                sums[2] += count_bytes(x.reshape(-1), y.reshape(-1), luts).to(torch.float64).sum()
+                sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
     finally:
         model.train()
     return finish_scores(sums)
@@ -936,7 +942,7 @@ def quantize_state_dict_mixed(args, state_dict: dict[str, Tensor]) -> tuple[dict
 
     return build_quant_obj(state_dict, QUANT_FORMAT_MIXED, choose)
 
-def quantize_for_export(args, state_dict: dict[str, Tensor]) -> tuple[dict, dict]:
+def quantize_for_export(args, state_dict: dict[str, Tensor], hessians: dict | None = None) -> tuple[dict, dict]:
     if args.quant_scheme == "mixed":
         return quantize_state_dict_mixed(args, state_dict)
     if args.quant_scheme != "int8":
@@ -979,10 +985,11 @@ def check_export_args(args) -> None:
     """Raise before training for an export that would fail after it: export and import an empty state dict."""
     import_model(args, export_model(args, {})[0])
 
-def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
-    """(compressed artifact, stats) for a state dict: prune, quantize, torch.save, compress."""
+def export_model(args, state_dict: dict[str, Tensor], hessians: dict | None = None) -> tuple[bytes, dict]:
+    """(compressed artifact, stats) for a state dict: prune, quantize, torch.save, compress.
+    `hessians` ({weight name: H}) feed GPTQ when the recipe uses it."""
     pruned = 0
-    obj, stats = quantize_for_export(args, state_dict)
+    obj, stats = quantize_for_export(args, state_dict, hessians)
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
@@ -993,7 +1000,9 @@ def export_model(args, state_dict: dict[str, Tensor]) -> tuple[bytes, dict]:
 
 def import_model(args, blob: bytes) -> dict[str, Tensor]:
     """The state dict (original dtypes, CPU) behind an artifact made by export_model."""
-    return dequantize_state_dict_int8(torch.load(io.BytesIO(decompress_bytes(args, blob)), map_location="cpu"))
+    raw = decompress_bytes(args, blob)
+    obj = torch.load(io.BytesIO(raw), map_location="cpu")
+    return dequantize_state_dict_int8(obj)
 
 
 # ---- The training entry point: setup, the wallclock-capped loop, export and final scoring ------
@@ -1138,11 +1147,12 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
         if stop_after is None and bool(capped.item()):
             stop_after = step
 
-def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0):
+def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: bool, distributed: bool, log0,
+                      hessians=None):
     """Quantize + compress the trained weights, write the artifact, then load the model back
     from the bytes on disk so the final score is the score of what would be shipped."""
     size_label, _ = export_label(args)
-    blob, stats = export_model(args, base_model.state_dict())
+    blob, stats = export_model(args, base_model.state_dict(), hessians)
     path = out_dir / f"final_model.{size_label.split('+')[0]}.ptz"
     if master:
         path.write_bytes(blob)
@@ -1165,6 +1175,21 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
     log0(f"{name} val_loss:{loss:.4f} val_bpb:{bpb:.4f}{extra} eval_time:{ms:.0f}ms")
     log0(f"{name}_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
     return name, loss, bpb, ms
+
+def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
+    """Every eval path of the recipe on the loaded weights, round trip first: [(name, loss, bpb, ms)]."""
+    final_name = f"final_{export_label(args)[1]}_roundtrip"
+    ledger = Ledger(rank, val_tokens.numel())
+    ledger.begin("roundtrip")
+    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+    paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+        args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+    # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
+    paths.append(timed_eval(device, log0, lambda: eval_ttt(
+        args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+    ledger.write()
+    return paths
 
 def main() -> None:
     args = Hyperparameters()
@@ -1211,6 +1236,7 @@ def main() -> None:
     log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
     log0(f"seed:{args.seed}")
 
+
     def eval_fn(m):
         return eval_val(args, m, rank, world_size, device, grad_accum_steps, val_tokens, luts)
 
@@ -1229,20 +1255,12 @@ def main() -> None:
     if averager is not None:
         log0(f"averaging:{averager.apply_to(base_model)}")
 
+    hessians = None
+
     # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
-    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
-    final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
-    paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-        args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
-    # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
-    paths.append(timed_eval(device, log0, lambda: eval_ttt(
-        args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+    model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0, hessians)
+    paths = final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0)
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
@@ -1365,7 +1383,7 @@ def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, bat
             mask = torch.arange(y.size(1), device=device)[None, :] >= first[:, None]
             sums[0] += nll[mask].double().sum()
             sums[1] += mask.sum()
-            sums[2] += count_bytes(x, y, luts)[mask].double().sum()
+            sums[2] += target_bytes(x, y, luts, [s + 1 for s, _, _ in part])[mask].double().sum()
         if ledger is not None:
             for j, (s, a, _) in enumerate(part):
                 ledger.score(a + 1, nll[j, a - s :], logits[j, a - s :])
