@@ -33,6 +33,7 @@ TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
     "value_embed": dict(ve_dim=8, ve_layers="2,3"),
     "no_unet": dict(unet_skips=False),
     "ortho_init": dict(ortho_init=True),
+    "rope_ntk": dict(rope_train_len=64),
     "muon_wd": dict(muon_weight_decay=0.04),
     "adam_wd": dict(adam_weight_decay=0.04),
 }
@@ -103,18 +104,20 @@ def test_hparams_declared_off_by_default():
         "ve_layers": ("VE_LAYERS", "model.ve_layers", "", "value_embed"),
         "unet_skips": ("UNET_SKIPS", "model.unet_skips", True, "no_unet"),
         "ortho_init": ("ORTHO_INIT", "model.ortho_init", False, "ortho_init"),
+        "rope_train_len": ("ROPE_TRAIN_LEN", "model.rope_train_len", 0, "rope_ntk"),
         "muon_weight_decay": ("MUON_WD", "train.optimizer.muon_weight_decay", 0.0, "muon_wd"),
         "adam_weight_decay": ("ADAM_WD", "train.optimizer.adam_weight_decay", 0.0, "adam_wd"),
     }
     assert {n: (hp.env, hp.path, hp.default, hp.feature) for n, hp in hps.items()} == expected
     for hp in hps.values():
         assert type(hp.default) is hp.kind
-    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES)
+    # The FlashAttention kernels follow model.attention (see test_model.py).
+    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES) | {"fa3", "fa2"}
 
 
 @pytest.mark.parametrize("name", sorted(TECHNIQUE_FEATURES))
 def test_each_feature_rule_is_off_by_default_and_on_alone(name):
-    values = resolve(load_baseline_recipe())
+    values = resolve(load_baseline_recipe()) | dict(attention="sdpa")
     assert not recipe_features(values) & set(TECHNIQUE_FEATURES)
     assert recipe_features(values | TECHNIQUE_FEATURES[name]) & set(TECHNIQUE_FEATURES) == {name}
 

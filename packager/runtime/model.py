@@ -40,6 +40,9 @@ FEATURES: dict[str, tuple[str, str]] = {
     "value_embed": ("shared value embedding added to the values of ve_layers", "ve_layers != ''"),
     "no_unet": ("a plain stack without the U-Net skip connections", "not unet_skips"),
     "ortho_init": ("orthogonal init of the matrices", "ortho_init"),
+    "fa3": ("FlashAttention 3 for bf16 attention on CUDA", "attention in ('fa3', 'auto')"),
+    "fa2": ("FlashAttention 2 for bf16 attention on CUDA", "attention in ('fa2', 'auto')"),
+    "rope_ntk": ("RoPE tables built for rope_train_len; longer sequences get an NTK-scaled base", "rope_train_len > 0"),
 }
 
 HPARAMS = (
@@ -57,6 +60,10 @@ HPARAMS = (
        doc="logits = cap * tanh(logits / cap)"),
     HP("rope_base", "ROPE_BASE", "model.rope_base", float, 10000.0, doc="RoPE frequency base"),
     HP("qk_gain_init", "QK_GAIN_INIT", "model.qk_gain_init", float, 1.5, doc="initial per-head query gain"),
+    HP("attention", "ATTENTION", "model.attention", str, "auto", choices=("auto", "sdpa", "fa3", "fa2"),
+       doc="attention kernel for bf16 on CUDA: a pinned fa3/fa2 that is missing is an error; auto: FA3 > FA2 > SDPA"),
+    HP("rope_train_len", "ROPE_TRAIN_LEN", "model.rope_train_len", int, 0, feature="rope_ntk", minimum=0,
+       doc="RoPE built for this length: longer sequences use base*(T/len)^(d/(d-2)) with fp32 positions (0: off)"),
     HP("xsa_last_n", "XSA_LAST_N", "model.xsa_last_n", int, 0, feature="xsa",
        doc="exclusive self-attention on the last N blocks (0: none)", minimum=0),
     HP("rope_dims", "ROPE_DIMS", "model.rope_dims", int, 0, feature="partial_rope",
@@ -86,18 +93,20 @@ CONTROL_TENSOR_NAME_PATTERNS = (
 )
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, kernel: str = "sdpa") -> Tensor:
     """Softmax attention on (B, T, H, D) tensors; k and v may have fewer heads (GQA).
 
-    FlashAttention 3, else 2, on CUDA half-precision inputs (bf16 autocast); torch SDPA
-    otherwise (CPU, fp32 on CUDA). Returns (B, T, H, D).
+    `kernel` (the recipe's `attention`) picks FlashAttention for CUDA half-precision inputs (bf16
+    autocast); everything else (CPU, fp32) runs torch SDPA. Returns (B, T, H, D).
     """
     if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16):
-        fa = flash_attn_3_func if flash_attn_3_func is not None else flash_attn_2_func
-        if fa is not None:
-            out = fa(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
-            # Older FA3 builds return (out, softmax_lse).
-            return out[0] if isinstance(out, tuple) else out
+        if feature("fa3"):
+            if kernel in ("fa3", "auto") and flash_attn_3_func is not None:
+                out = flash_attn_3_func(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
+                return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
+        if feature("fa2"):
+            if kernel in ("fa2", "auto") and flash_attn_2_func is not None:
+                return flash_attn_2_func(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         is_causal=causal, enable_gqa=k.size(2) != q.size(2),
@@ -105,13 +114,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
     return y.transpose(1, 2)
 
 
-def attention_backend_name() -> str:
-    """The kernel `attention` uses for bf16 CUDA inputs here: "fa3", "fa2" or "sdpa"."""
-    if torch.cuda.is_available() and flash_attn_3_func is not None:
-        return "fa3"
-    if torch.cuda.is_available() and flash_attn_2_func is not None:
-        return "fa2"
-    return "sdpa"
+def attention_kernel(args, device: torch.device) -> str:
+    """The kernel `attention` runs for bf16 inputs on `device`: "fa3", "fa2" or "sdpa".
+
+    CPU has no FlashAttention (SDPA). On CUDA a pinned kernel that is not installed is an
+    error, never a silent fallback; auto takes FA3, else FA2, else SDPA.
+    """
+    installed = {}
+    if feature("fa3"):
+        installed["fa3"] = flash_attn_3_func is not None
+    if feature("fa2"):
+        installed["fa2"] = flash_attn_2_func is not None
+    if device.type != "cuda" or args.attention == "sdpa":
+        return "sdpa"
+    if args.attention == "auto":
+        return next((name for name, ok in installed.items() if ok), "sdpa")
+    if not installed.get(args.attention):
+        module = {"fa3": "flash_attn_interface (FlashAttention 3)", "fa2": "flash_attn (FlashAttention 2)"}
+        raise RuntimeError(f"ATTENTION={args.attention} is pinned by the recipe, but {module[args.attention]} is not "
+                           "installed; install it, or run ATTENTION=sdpa knowing the step time will differ")
+    return args.attention
 
 
 class RMSNorm(nn.Module):
@@ -151,17 +173,25 @@ def restore_low_dim_params_to_fp32(module: nn.Module) -> None:
 class Rotary(nn.Module):
     """RoPE tables for (B, T, H, D) tensors: cos/sin of shape (1, T, 1, D/2)."""
 
-    def __init__(self, dim: int, base: float = 10000.0):
+    def __init__(self, dim: int, base: float = 10000.0, train_len: int = 0):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if feature("rope_ntk"):
+            self.base, self.train_len = base, train_len
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # Recomputed per call (cheap, fused under compile): a cache would hold inference tensors
         # after an inference_mode eval and break a later training step (TTT). Positions take
         # inv_freq's dtype as upstream does, so after model.bfloat16() they are bf16-rounded.
-        pos = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-        freqs = torch.outer(pos, self.inv_freq.to(device))[None, :, None, :]
+        inv_freq = self.inv_freq.to(device)
+        if feature("rope_ntk"):
+            if self.train_len and seq_len > self.train_len:  # NTK-aware: a larger base, fp32 positions
+                dim = 2 * inv_freq.numel()
+                base = self.base * (seq_len / self.train_len) ** (dim / (dim - 2))
+                inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+        pos = torch.arange(seq_len, device=device, dtype=inv_freq.dtype)
+        freqs = torch.outer(pos, inv_freq)[None, :, None, :]
         return freqs.cos().to(dtype), freqs.sin().to(dtype)
 
 
@@ -193,12 +223,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(dim, dim, bias=False)
         self.proj._zero_init = True
         self.q_gain = nn.Parameter(torch.full((heads,), args.qk_gain_init, dtype=torch.float32))
-        self.rotary = Rotary(self.head_dim, base=args.rope_base)
+        rope_dims = self.head_dim
         if feature("partial_rope"):
             if args.rope_dims:  # frequencies as for a head rope_dims wide; apply_rotary_emb rotates that many
                 if args.rope_dims % 2 or args.rope_dims > self.head_dim:
                     raise ValueError(f"rope_dims={args.rope_dims} must be even and <= head_dim={self.head_dim}")
-                self.rotary = Rotary(args.rope_dims, base=args.rope_base)
+                rope_dims = args.rope_dims
+        if feature("rope_ntk"):
+            self.rotary = Rotary(rope_dims, base=args.rope_base, train_len=args.rope_train_len)
+        else:
+            self.rotary = Rotary(rope_dims, base=args.rope_base)
+        self.kernel = args.attention
         if feature("xsa"):
             self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
 
@@ -215,10 +250,10 @@ class CausalSelfAttention(nn.Module):
         k = apply_rotary_emb(k, cos, sin)
         if feature("xsa"):
             if self.use_xsa:  # XSA: drop each head's component along its token's own unit value vector
-                y = attention(q, k, v, causal=True).reshape(B, T, self.num_kv_heads, -1, self.head_dim)
+                y = attention(q, k, v, kernel=self.kernel).reshape(B, T, self.num_kv_heads, -1, self.head_dim)
                 u = F.normalize(v, dim=-1).unsqueeze(3)  # GQA: a kv head's query heads share it
                 return self.proj((y - (y * u).sum(-1, keepdim=True) * u).reshape(B, T, C))
-        return self.proj(attention(q, k, v, causal=True).reshape(B, T, C))
+        return self.proj(attention(q, k, v, kernel=self.kernel).reshape(B, T, C))
 
 
 def mlp_activation(name: str, h: Tensor) -> Tensor:
@@ -270,7 +305,10 @@ class ScaledEmbedding(nn.Module):
     def __init__(self, rows: int, dim: int, out_dim: int, std: float, scale: float):
         super().__init__()
         self.embed = nn.Embedding(rows, dim)
-        nn.init.normal_(self.embed.weight, std=std)
+        if std > 0:  # zeros_ draws nothing: a zero table leaves the init RNG stream as the records do
+            nn.init.normal_(self.embed.weight, std=std)
+        else:
+            nn.init.zeros_(self.embed.weight)
         self.proj = CastedLinear(dim, out_dim, bias=False) if dim != out_dim else None
         if self.proj is not None:  # zero, but not flagged _zero_init: OrthoInit redoes it, as the records
             nn.init.zeros_(self.proj.weight)

@@ -21,6 +21,7 @@ from packager.runtime.system import maybe_compile
 FEATURES: dict[str, tuple[str, str]] = {
     "muon_wd": ("decoupled weight decay on the Muon matrices", "muon_weight_decay > 0"),
     "adam_wd": ("AdamW decoupled weight decay on the token and scalar Adam groups", "adam_weight_decay > 0"),
+    "untrained": ("parameters no optimizer steps (they keep their init), as a record left them", "untrained_params != ''"),
 }
 
 HPARAMS = (
@@ -43,6 +44,8 @@ HPARAMS = (
        doc="Muon decoupled weight decay: p *= 1 - lr * wd each step", minimum=0.0),
     HP("adam_weight_decay", "ADAM_WD", "train.optimizer.adam_weight_decay", float, 0.0, feature="adam_wd",
        doc="AdamW decoupled weight decay of the token and scalar groups (not an untied head)", minimum=0.0),
+    HP("untrained_params", "UNTRAINED_PARAMS", "train.optimizer.untrained", str, "", feature="untrained",
+       doc='comma-separated parameter names no optimizer steps, e.g. "smear.gate" ("": train all)'),
 )
 
 
@@ -122,14 +125,14 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def adam_group(args, params: list, lr: float, device: torch.device, decay: bool = False) -> torch.optim.Adam:
+def adam_group(args, params: list, lr: float, decay: bool = False) -> torch.optim.Adam:
     if feature("adam_wd"):
         if decay and args.adam_weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
             return torch.optim.AdamW([{"params": params, "lr": lr, "base_lr": lr}], betas=(args.beta1, args.beta2),
-                                     eps=args.adam_eps, weight_decay=args.adam_weight_decay, fused=device.type == "cuda")
+                                     eps=args.adam_eps, weight_decay=args.adam_weight_decay, fused=True)
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
-        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
+        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=True,
     )
 
 
@@ -139,7 +142,6 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     Muon takes the 2-D block matrices; Adam at scalar_lr takes vectors, scalars, control
     tensors and skip_weights. Every trainable parameter must land in exactly one optimizer.
     """
-    device = model.tok_emb.weight.device
     matrix, scalar = [], []
     for name, p in model.blocks.named_parameters():
         control = any(s in name for s in CONTROL_TENSOR_NAME_PATTERNS)
@@ -160,18 +162,26 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
             tokens.append(model.ve_shared.embed.weight)
             matrix += [] if model.ve_shared.proj is None else [model.ve_shared.proj.weight]
             scalar += [model.ve_shared.scale, *model.ve_layer_scales]
+    if feature("untrained"):  # in the model and the state dict, but never stepped (seed 003's SmearGate)
+        named, untrained = dict(model.named_parameters()), {n for n in args.untrained_params.split(",") if n}
+        if untrained - set(named):
+            raise ValueError(f"UNTRAINED_PARAMS names no parameter of the model: {sorted(untrained - set(named))}")
+        skip = {id(named[n]) for n in untrained}
+        tokens, matrix, scalar = ([p for p in g if id(p) not in skip] for g in (tokens, matrix, scalar))
     token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     muon = Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
     if feature("muon_wd"):
         muon.param_groups[0]["weight_decay"] = args.muon_weight_decay
-    muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
-    optimizers = [adam_group(args, tokens, token_lr, device, decay=True), muon,
-                  adam_group(args, scalar, args.scalar_lr, device, decay=True)]
+    muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, model.tok_emb.weight.device)
+    optimizers = [adam_group(args, tokens, token_lr, decay=True), muon,
+                  adam_group(args, scalar, args.scalar_lr, decay=True)]
     if model.lm_head is not None:
-        optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
+        optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
+    if feature("untrained"):
+        missing = [n for n in missing if n not in untrained]
     if missing or len(owned) != len(set(owned)):
         raise ValueError(f"optimizer split must cover each parameter once; unassigned: {missing}")
     return optimizers, muon

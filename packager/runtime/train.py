@@ -24,7 +24,7 @@ from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
 from packager.runtime.evaluate import Ledger, eval_sliding
 from packager.runtime.features import HP, feature
-from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
+from packager.runtime.model import GPT, CastedLinear, attention_kernel, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
@@ -120,6 +120,20 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
         opt.load_state_dict(state)
 
 
+def optimizer_step(args, base_model, optimizers, muon, step: int, scale: float) -> None:
+    """Apply step `step`'s schedules (Muon momentum warmup, LR multiplier `scale`), clip, step, zero."""
+    for group in muon.param_groups:
+        group["momentum"] = muon_momentum_at(args, step)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
+    if args.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0,
           averager=None):
     """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
@@ -152,16 +166,7 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
                 set_qat(base_model, True)
                 log0(f"qat:enabled step:{step} lr_scale:{scale:.4f}")
         loss = train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
-        for group in muon.param_groups:
-            group["momentum"] = muon_momentum_at(args, step)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * scale
-        if args.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer_step(args, base_model, optimizers, muon, step, scale)
         step += 1
         if averager is not None:
             averager.after_step(base_model, step, scale)
@@ -250,7 +255,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in base_model.parameters())
     log0(f"model_params:{n_params}")
     log0(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
-    log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    log0(f"attention:{attention_kernel(args, device)} pinned:{args.attention} num_heads:{args.num_heads} "
+         f"num_kv_heads:{args.num_kv_heads}")
     log0(f"seed:{args.seed}")
 
     def eval_fn(m):

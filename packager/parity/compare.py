@@ -1,0 +1,253 @@
+"""The comparisons between a recipe and the record it names, one function per row of the table.
+
+Each returns a Row: `same` (bitwise or exactly equal), `close` (within the stated tolerance),
+`switch` (equal with the recipe's listed switches; the recipe as shipped differs by the effect
+shown, for the reason in seeds.py) or `DIFFERS` (a failure). Both programs get the same inputs:
+the same seed, the same state dict, the same gradients, the same tokens and byte tables.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock as unittest_mock
+
+import torch
+import torch.nn.functional as F
+
+from packager.hparams import all_hparams
+from packager.parity.script import RecordScript, cpu_stubs
+from packager.parity.seeds import SEEDS, TINY, Seed
+from packager.recipe import load_recipe
+from packager.render import recipe_features
+from packager.runtime import model as ours_model
+from packager.runtime import optim as ours_optim
+from packager.runtime import train as ours_train
+
+ROOT = Path(__file__).resolve().parents[2]
+LOGIT_TOL = 1e-5
+BPB_TOL = 1e-6
+
+
+@dataclass
+class Row:
+    seed: str
+    check: str
+    status: str  # same | close | switch | DIFFERS
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "DIFFERS"
+
+
+# ---------------------------------------------------------------- the two programs
+
+@lru_cache(maxsize=None)
+def record(name: str, shared: Path, tiny: bool) -> RecordScript:
+    seed = SEEDS[name]
+    return RecordScript(shared / seed.script, {**TINY, **seed.tiny} if tiny else {})
+
+
+@lru_cache(maxsize=None)
+def recipe(name: str):
+    return load_recipe(ROOT / "recipes" / f"{SEEDS[name].recipe}.yaml")
+
+
+def our_args(name: str, tiny: bool, **switches) -> SimpleNamespace:
+    """The recipe's values (what its script's Hyperparameters holds), with the tiny environment."""
+    seed, values = SEEDS[name], dict(recipe(name).values)
+    env = {**TINY, **seed.tiny} if tiny else {}
+    ours = {v: k for k, v in seed.aliases.items()}
+    enabled = recipe_features(values)
+    by_env = {hp.env: hp for hp in all_hparams() if hp.feature is None or hp.feature in enabled}
+    for key, raw in env.items():
+        hp = by_env.get(ours.get(key, key))
+        if hp is not None:
+            values[hp.name] = hp.parse(str(raw))
+    return SimpleNamespace(**{**values, **switches})
+
+
+def cuda_buffers(model: torch.nn.Module) -> torch.nn.Module:
+    """Buffers as both scripts leave them on CUDA (model.bfloat16(); parameters back to fp32):
+    bf16. Parameters stay fp32, so the comparison is in fp32 with the positions CUDA rounds."""
+    for module in model.modules():
+        for key, buf in module._buffers.items():
+            if buf is not None and buf.is_floating_point():
+                module._buffers[key] = buf.bfloat16()
+    return model
+
+
+def perturbed_state(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> dict:
+    """The model's init plus noise, so that zero-initialised projections carry signal too."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (v + scale * torch.randn(v.shape, generator=gen)).contiguous() if v.is_floating_point() else v
+            for k, v in model.state_dict().items()}
+
+
+def record_logits(script: RecordScript, model, ids: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the record's model: forward_logits where it has one, else the logits its
+    forward passes to F.cross_entropy."""
+    with torch.no_grad(), cpu_stubs():
+        if hasattr(model, "forward_logits"):
+            return model.forward_logits(ids).float()
+        seen = []
+        real = F.cross_entropy
+        script.module.F = SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
+        script.module.F.cross_entropy = lambda logits, *a, **k: (seen.append(logits), real(logits, *a, **k))[1]
+        try:
+            model(ids, ids)
+        finally:
+            script.module.F = F
+        return seen[0].float().view(*ids.shape, -1)
+
+
+def max_diff(a: dict, b: dict) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for k in a:
+        d = (a[k].float() - b[k].float()).abs().max().item() if a[k].numel() else 0.0
+        if d > worst or math.isnan(d):
+            worst, where = d, k
+    return worst, where
+
+
+# ---------------------------------------------------------------- rows
+
+def check_hparams(name: str, shared: Path) -> Row:
+    """Every value the recipe's script declares that the record reads from the same variable."""
+    seed, rec = SEEDS[name], record(name, shared, False)
+    defaults, values = rec.env_defaults(), recipe(name).values
+    enabled = recipe_features(values)
+    compared, unexplained, overridden = 0, [], []
+    for hp in all_hparams():
+        env = seed.aliases.get(hp.env, hp.env)
+        if (hp.feature and hp.feature not in enabled) or env not in defaults:
+            continue
+        compared += 1
+        theirs, mine = defaults[env], values[hp.name]
+        equal = (theirs == mine) if hp.kind is str else (float(theirs) == float(mine))
+        if not equal:
+            (overridden if env in seed.run else unexplained).append(f"{env}={theirs}->{mine}")
+    detail = f"{compared} values read from the same variables"
+    if overridden:
+        detail += "; set by the run, not the script default: " + ", ".join(overridden)
+    if unexplained:
+        return Row(name, "hparams", "DIFFERS", detail + "; DIFFER: " + ", ".join(unexplained))
+    return Row(name, "hparams", "same", detail)
+
+
+def check_params(name: str, shared: Path) -> Row:
+    """Parameter names, shapes and count of the full-size models (on the meta device)."""
+    rec = record(name, shared, False)
+    with torch.device("meta"), cpu_stubs():
+        theirs = rec.build_model(rec.args())
+        mine = ours_model.GPT(our_args(name, False))
+    a = [(k, tuple(p.shape)) for k, p in theirs.named_parameters()]
+    b = [(k, tuple(p.shape)) for k, p in mine.named_parameters()]
+    count = sum(p.numel() for p in theirs.parameters())
+    if a != b:
+        diff = sorted(set(a) ^ set(b))[:4]
+        return Row(name, "params", "DIFFERS", f"record {count:,}, recipe {sum(p.numel() for p in mine.parameters()):,}; {diff}")
+    return Row(name, "params", "same", f"{len(a)} tensors, {count:,} parameters, same names, shapes and order")
+
+
+def tiny_models(name: str, shared: Path, seed: int = 1337):
+    """(record model, our model, our args), each built right after torch.manual_seed(seed)."""
+    rec = record(name, shared, True)
+    args = our_args(name, True)
+    with cpu_stubs():
+        torch.manual_seed(seed)
+        theirs = rec.build_model(rec.args())
+    torch.manual_seed(seed)
+    return theirs, ours_model.GPT(args), args
+
+
+def check_init(name: str, shared: Path) -> Row:
+    theirs, mine, _ = tiny_models(name, shared)
+    a, b = theirs.state_dict(), mine.state_dict()
+    if list(a) != list(b):
+        return Row(name, "init", "DIFFERS", f"state dict keys differ: {sorted(set(a) ^ set(b))[:4]}")
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    if unequal:
+        d, k = max_diff({k: a[k] for k in unequal}, {k: b[k] for k in unequal})
+        return Row(name, "init", "DIFFERS", f"{len(unequal)} tensors differ, max {d:.3g} at {k}")
+    return Row(name, "init", "same", f"tiny model, torch.manual_seed(1337): all {len(a)} tensors bitwise equal")
+
+
+def check_logits(name: str, shared: Path) -> Row:
+    """fp32 logits at the record's training sequence length on one shared state dict."""
+    theirs, mine, _ = tiny_models(name, shared)
+    state = perturbed_state(theirs)
+    theirs.load_state_dict(state)
+    mine.load_state_dict(state)
+    cuda_buffers(theirs), cuda_buffers(mine)
+    theirs.eval(), mine.eval()
+    seq_len = record(name, shared, False).args().train_seq_len
+    ids = torch.randint(0, TINY["VOCAB_SIZE"], (1, seq_len), generator=torch.Generator().manual_seed(1))
+    a = record_logits(record(name, shared, True), theirs, ids)
+    with torch.no_grad():
+        b = mine(ids)
+    d = (a - b).abs().max().item()
+    status = "same" if d == 0 else "close" if d <= LOGIT_TOL else "DIFFERS"
+    return Row(name, "logits", status, f"T={seq_len}, fp32, bf16 RoPE buffers as on CUDA: max |diff| {d:.2e} "
+                                       f"(tolerance {LOGIT_TOL:g})")
+
+
+def record_optimizers(rec: RecordScript, model, args) -> dict:
+    """The record's optimizers, made by the statements of its main() that make them."""
+    names = dict(base_model=model, args=args, distributed=False, local_rank=0, device=torch.device("cpu"))
+    return rec.run(rec.between("restore_low_dim_params_to_fp32(base_model)", "n_params ="), names)
+
+
+def record_step(rec: RecordScript, made: dict, step: int) -> None:
+    """One optimizer step of the record's training loop (schedules, clip, step, zero_grad)."""
+    zero = lambda: [opt.zero_grad(set_to_none=True) for opt in made["optimizers"]]  # noqa: E731
+    rec.run(rec.fragment("frac = min(step / args.muon_momentum_warmup_steps", "zero_grad_all()"),
+            {**made, "step": step, "scale": 1.0, "zero_grad_all": zero})
+
+
+def shared_grads(model, step: int) -> dict:
+    gen = torch.Generator().manual_seed(100 + step)
+    return {k: torch.randn(p.shape, generator=gen) * 0.01 for k, p in model.named_parameters()}
+
+
+def check_optimizer(name: str, shared: Path) -> Row:
+    """Two optimizer steps from one state on the same gradients (Muon in bf16, as on CUDA)."""
+    rec = record(name, shared, True)
+    theirs, mine, args = tiny_models(name, shared)
+    state = perturbed_state(theirs)
+    theirs.load_state_dict(state)
+    mine.load_state_dict(state)
+    made = record_optimizers(rec, theirs, rec.args())
+    with unittest_mock.patch.object(ours_optim, "muon_dtype", lambda device: torch.bfloat16):
+        optimizers, muon = ours_optim.build_optimizers(args, mine)
+        for step in range(2):
+            grads = shared_grads(theirs, step)
+            for model in (theirs, mine):
+                for k, p in model.named_parameters():
+                    p.grad = grads[k].clone()
+            record_step(rec, made, step)
+            ours_train.optimizer_step(args, mine, optimizers, muon, step, 1.0)
+    d, where = max_diff(dict(theirs.named_parameters()), dict(mine.named_parameters()))
+    groups = " + ".join(type(o).__name__ for o in made["optimizers"])
+    status = "same" if d == 0 else "close" if d <= 1e-7 else "DIFFERS"
+    return Row(name, "optimizer", status, f"2 steps of {groups} on shared gradients: max |diff| {d:.2e}"
+                                          + (f" ({where})" if d else ""))
+
+
+CHECKS = {"hparams": check_hparams, "params": check_params, "init": check_init, "logits": check_logits,
+          "optimizer": check_optimizer}
+
+
+def run(names=None, shared: Path | None = None, checks=None) -> list[Row]:
+    shared = shared or ROOT.parent / "shared"
+    rows = []
+    for name in names or SEEDS:
+        for check, fn in CHECKS.items():
+            if checks is None or check in checks:
+                rows.append(fn(name, shared))
+    return rows
