@@ -26,6 +26,7 @@ from packager.recipe import load_recipe
 from packager.render import recipe_features
 from packager.runtime import model as ours_model
 from packager.runtime import optim as ours_optim
+from packager.runtime import quant as ours_quant
 from packager.runtime import train as ours_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,8 +240,90 @@ def check_optimizer(name: str, shared: Path) -> Row:
                                           + (f" ({where})" if d else ""))
 
 
+def record_wm(rec: RecordScript, sd: dict) -> dict:
+    result, meta = rec.call("mixed_quantize_int6", sd, rec.call_literal("mixed_quantize_int6", 1))
+    return {"w": result, "m": meta}
+
+
+def record_prune(rec: RecordScript, first: str, sd: dict) -> dict:
+    """The record's own pruning statement, on the state dict (or on parameters that are its tensors)."""
+    params = SimpleNamespace(named_parameters=lambda: list(sd.items()))
+    rec.run(rec.fragment(first), dict(sd_cpu=sd, base_model=params, args=rec.args(), master_process=False))
+    return sd
+
+
+def record_int8_then_mixed(rec: RecordScript, sd: dict) -> dict:
+    back = rec.call("dequantize_state_dict_int8", rec.call("quantize_state_dict_int8", sd)[0])
+    return rec.call("quantize_state_dict_mixed", {k: back[k] for k in sd})  # the model's order, after loading
+
+
+# export kind: (artifact object from a state dict, its dequantizer, main()'s variable of the compressed artifact)
+EXPORTS = {
+    "int8": (lambda rec, sd: rec.call("quantize_state_dict_int8", sd)[0],
+             lambda rec, obj, sd: rec.call("dequantize_state_dict_int8", obj), "quant_blob"),
+    "wm": (record_wm, lambda rec, obj, sd: rec.call("dequantize_mixed_int6", obj["w"], obj["m"], sd), "quant_blob"),
+    "wm_prune_sd": (lambda rec, sd: record_wm(rec, record_prune(rec, "if args.prune_pct > 0:", sd)),
+                    lambda rec, obj, sd: rec.call("dequantize_mixed_int6", obj["w"], obj["m"], sd), "quant_blob"),
+    "wm_prune_params": (lambda rec, sd: record_wm(rec, record_prune(rec, "with torch.no_grad():", sd)),
+                        lambda rec, obj, sd: rec.call("dequantize_mixed_int6", obj["w"], obj["m"], sd), "quant_blob"),
+    "int8_then_mixed": (record_int8_then_mixed,
+                        lambda rec, obj, sd: rec.call("dequantize_state_dict_mixed", dict(obj)), "mixed_blob"),
+}
+EXPORT_SCALES = (0.02, 1.0)  # std of the weights: trained-like (the 1/31 floor bites) and large
+
+
+def export_state(name: str, shared: Path, scale: float) -> dict:
+    """Full-size tensors with the dtypes the record exports on CUDA (embeddings bf16), of every tensor outside
+    the blocks and of blocks 0 and 8 (seed 001 keeps blocks.8.attn.c_k in fp16), N(0, scale^2)."""
+    rec = record(name, shared, False)
+    with torch.device("meta"), cpu_stubs():
+        model = rec.build_model(rec.args()).bfloat16()
+        for m in model.modules():
+            if isinstance(m, rec.module.CastedLinear):
+                m.float()
+        rec.module.restore_low_dim_params_to_fp32(model)
+    gen = torch.Generator().manual_seed(7)
+    return {k: (scale * torch.randn(v.shape, generator=gen)).to(v.dtype) for k, v in model.state_dict().items()
+            if not k.startswith("blocks.") or k.split(".")[1] in ("0", "8")}
+
+
+def saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def check_export(name: str, shared: Path) -> Row:
+    """Artifact bytes (before compression) and dequantized tensors on the same state dict, at two weight
+    scales; the compressor on a sample of the artifact."""
+    rec, args = record(name, shared, False), our_args(name, False)
+    make, dequantize, blob_name = EXPORTS[SEEDS[name].export]
+    notes = []
+    for scale in EXPORT_SCALES:
+        sd = export_state(name, shared, scale)
+        theirs_obj = make(rec, {k: v.clone() for k, v in sd.items()})
+        theirs, (mine, _) = saved(theirs_obj), ours_quant.serialize_model(args, {k: v.clone() for k, v in sd.items()})
+        if theirs != mine:
+            return Row(name, "export", "DIFFERS", f"std {scale}: {len(theirs):,} bytes (record) vs {len(mine):,} (recipe)")
+        a = dequantize(rec, theirs_obj, sd)
+        b = ours_quant.dequantize_export(torch.load(io.BytesIO(mine), map_location="cpu"))
+        unequal = [k for k in a if not torch.equal(a[k], b[k].to(a[k].dtype))]
+        if unequal or set(a) != set(b):
+            return Row(name, "export", "DIFFERS", f"std {scale}: dequantized {unequal[:3]} differ")
+        notes.append(f"std {scale}: {len(theirs):,} B")
+    sample = theirs[: 1 << 16]
+    raw_name = blob_name.replace("blob", "raw")
+    import zstandard  # seed 003 imports it inside main()
+
+    their_blob = rec.run(rec.fragment(f"{blob_name} = "), {raw_name: sample, "zstandard": zstandard})[blob_name]
+    if their_blob != ours_quant.compress_bytes(args, sample):
+        return Row(name, "export", "DIFFERS", "the compressor or its level differs")
+    return Row(name, "export", "same", f"{len(sd)} tensors (full size, blocks 0 and 8), torch.save bytes identical "
+                                       f"({', '.join(notes)}), dequantized tensors equal, same compressor")
+
+
 CHECKS = {"hparams": check_hparams, "params": check_params, "init": check_init, "logits": check_logits,
-          "optimizer": check_optimizer}
+          "optimizer": check_optimizer, "export": check_export}
 
 
 def run(names=None, shared: Path | None = None, checks=None) -> list[Row]:
