@@ -26,7 +26,11 @@ from packager.recipe import load_recipe
 from packager.render import recipe_features
 from packager.runtime import model as ours_model
 from packager.runtime import optim as ours_optim
+from packager.runtime import bpb as ours_bpb
+from packager.runtime import evaluate as ours_evaluate
+from packager.runtime import qat as ours_qat
 from packager.runtime import quant as ours_quant
+from packager.runtime import ttt as ours_ttt
 from packager.runtime import train as ours_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,8 +326,145 @@ def check_export(name: str, shared: Path) -> Row:
                                        f"({', '.join(notes)}), dequantized tensors equal, same compressor")
 
 
+# ---------------------------------------------------------------- QAT and final scores on a tiny model
+
+BOS = 1
+
+
+def tiny_val(n: int = 4 * 512 + 1, seed: int = 5) -> torch.Tensor:
+    """Validation tokens: BOS-led documents of 3 to 300 tokens (some shorter than 5, 32 and a chunk)."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, TINY["VOCAB_SIZE"], (n,), generator=gen)
+    pos = 0
+    while pos < n:
+        tokens[pos] = BOS
+        pos += int(torch.randint(3, 300, (1,), generator=gen))
+    return tokens.to(torch.uint16).to(torch.int64)
+
+
+def tiny_luts() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(6)
+    vocab = TINY["VOCAB_SIZE"]
+    base = torch.randint(1, 4, (vocab,), generator=gen).to(torch.int16)
+    space = torch.rand(vocab, generator=gen) < 0.3
+    boundary = torch.zeros(vocab, dtype=torch.bool)
+    boundary[:2] = True
+    base[:2] = 0
+    return base, space, boundary
+
+
+def record_qat_on(name: str, rec: RecordScript, model) -> None:
+    """The record's fake quantization switched on as it was when it ran: seed 001 from the start (its
+    main() sets per-layer flags), seeds 000 and 002 by the class flag late QAT left set for TTT."""
+    if SEEDS[name].qat == "train":
+        rec.run(rec.fragment('qat_enabled = bool(int(os.environ.get("QAT_ENABLED", "1")))', "if qat_enabled:"),
+                {"base_model": model})
+    else:
+        rec.module.CastedLinear._qat_enabled = True
+
+
+def our_qat_on(args, model) -> None:
+    ours_qat.configure_qat(args, model)
+    ours_qat.set_qat(model, True)
+
+
+def check_qat(name: str, shared: Path) -> Row:
+    """Training-mode loss and gradients with the fake quantization on, on one shared state dict."""
+    rec = record(name, shared, True)
+    theirs, mine, args = tiny_models(name, shared)
+    state = perturbed_state(theirs)
+    theirs.load_state_dict(state)
+    mine.load_state_dict(state)
+    ids = torch.randint(0, TINY["VOCAB_SIZE"], (2, 129), generator=torch.Generator().manual_seed(2))
+    try:
+        record_qat_on(name, rec, theirs)
+        our_qat_on(args, mine)
+        out = []
+        for model in (theirs, mine):
+            model.train()
+            with cpu_stubs():
+                loss = model(ids[:, :-1], ids[:, 1:])
+            loss.backward()
+            out.append((loss.item(), {k: p.grad for k, p in model.named_parameters()}))
+    finally:
+        rec.module.CastedLinear._qat_enabled = False
+    d_loss, (d_grad, where) = abs(out[0][0] - out[1][0]), max_diff(out[0][1], out[1][1])
+    where_live = "in training from step 0" if SEEDS[name].qat == "train" else "in TTT (compile folded the training flag)"
+    status = "same" if d_loss == 0 and d_grad == 0 else "close" if max(d_loss, d_grad) <= LOGIT_TOL else "DIFFERS"
+    return Row(name, "qat", status, f"STE live {where_live}: train-mode loss |diff| {d_loss:.2e}, "
+                                    f"gradients max |diff| {d_grad:.2e}")
+
+
+def record_score(name: str, rec: RecordScript, model, val, luts) -> tuple[float, float]:
+    """(val_loss, val_bpb) of the record's own final scoring code on a tiny model."""
+    args, cpu = rec.args(), torch.device("cpu")
+    names = dict(args=args, eval_model=model, base_model=model, val_tokens=val, rank=0, world_size=1, device=cpu,
+                 distributed=False, master_process=True, effective_eval_seq_len=args.train_seq_len, log0=lambda *a, **k: None,
+                 base_bytes_lut=luts[0], has_leading_space_lut=luts[1], is_boundary_token_lut=luts[2])
+    kind = SEEDS[name].score
+    if kind == "roundtrip":
+        return rec.call("eval_val", args, model, 0, 1, cpu, 8, val, *luts)
+    if kind == "sliding":
+        return rec.call("eval_val_sliding", args, model, 0, 1, cpu, val, *luts, stride=args.eval_stride,
+                        batch_seqs=args.eval_batch_seqs)
+    if kind == "ttt_chunked":
+        return rec.call("eval_val_sliding_ttt", args, model, 0, 1, cpu, val, *luts, stride=args.eval_stride,
+                        batch_seqs=args.ttt_batch_seqs, log0=names["log0"])
+    first, out = {"pre_eval": ('ttt_epochs = int(os.environ.get("TTT_EPOCHS", 30))', "sw_val"),
+                  "two_phase_pre_eval": ('ttt_enabled = bool(int(os.environ.get("TTT_ENABLED", "1")))', "sw_val"),
+                  "lora_chunks": ('ttt_enabled = int(os.environ.get("TTT_ENABLED", "1"))', "ttt")}[kind]
+    last = "if ttt_enabled:" if kind == "lora_chunks" else "if args.eval_stride > 0 and args.eval_stride < sw_seq_len:"
+    done = rec.run(rec.fragment(first, last), names)
+    return (done[f"{out}_loss"], done[f"{out}_bpb"]) if kind != "lora_chunks" else (done["ttt_loss"], done["ttt_bpb"])
+
+
+def our_score(args, model, val, luts) -> tuple[float, float]:
+    cpu = torch.device("cpu")
+    last = ours_train.eval_pass_names(args)[-1]
+    if last == "ttt":
+        if args.ttt_qat:
+            ours_qat.configure_qat(args, model)
+        return ours_ttt.eval_ttt(args, model, 0, 1, cpu, val, luts, lambda *a: None)[1:]
+    if last == "sliding":
+        return ours_evaluate.eval_sliding(args, model, 0, 1, cpu, val, luts)
+    return ours_bpb.eval_val(args, model, 0, 1, cpu, 8, val, luts)
+
+
+def score_pair(name: str, shared: Path, **switches) -> tuple[tuple, tuple]:
+    rec = record(name, shared, True)
+    theirs, mine, args = tiny_models(name, shared)
+    args = our_args(name, True, **switches)
+    state = perturbed_state(theirs, scale=0.02)
+    theirs.load_state_dict(state)
+    mine.load_state_dict(state)
+    val, luts = tiny_val(), tiny_luts()
+    try:
+        if SEEDS[name].qat == "ttt":
+            record_qat_on(name, rec, theirs)
+        torch.manual_seed(99)  # the RNG draws of TTT (seed 000's batch order, seed 003's adapters) start alike
+        a = record_score(name, rec, theirs, val, luts)
+    finally:
+        rec.module.CastedLinear._qat_enabled = False
+    torch.manual_seed(99)
+    return a, our_score(args, mine, val, luts)
+
+
+def check_score(name: str, shared: Path) -> Row:
+    """The final score (the record's last eval: TTT, sliding window or round trip) on a tiny model and split."""
+    seed = SEEDS[name]
+    (a_loss, a_bpb), (b_loss, b_bpb) = score_pair(name, shared, **seed.switches)
+    d = abs(a_bpb - b_bpb)
+    detail = f"{seed.score}, {len(tiny_val()) - 1} tokens: val_bpb {a_bpb:.6f} (record) vs {b_bpb:.6f}, |diff| {d:.1e}"
+    if not seed.switches:
+        return Row(name, "score", "same" if d == 0 else "close" if d <= BPB_TOL else "DIFFERS", detail)
+    _, (c_loss, c_bpb) = score_pair(name, shared)
+    shown = ", ".join(f"{k}={v}" for k, v in seed.switches.items())
+    detail = f"with {shown}: {detail}; as shipped: {c_bpb:.6f} ({c_bpb - a_bpb:+.1e}; {seed.why})"
+    return Row(name, "score", "switch" if d <= BPB_TOL else "DIFFERS", detail)
+
+
 CHECKS = {"hparams": check_hparams, "params": check_params, "init": check_init, "logits": check_logits,
-          "optimizer": check_optimizer, "export": check_export}
+          "optimizer": check_optimizer, "export": check_export, "qat": check_qat, "score": check_score}
 
 
 def run(names=None, shared: Path | None = None, checks=None) -> list[Row]:
@@ -331,6 +472,8 @@ def run(names=None, shared: Path | None = None, checks=None) -> list[Row]:
     rows = []
     for name in names or SEEDS:
         for check, fn in CHECKS.items():
+            if check == "qat" and not SEEDS[name].qat:
+                continue
             if checks is None or check in checks:
                 rows.append(fn(name, shared))
     return rows

@@ -54,15 +54,19 @@ SEEDS = {
         why="the record's windows score the last tokens of the split again; the recipe scores every token once"),
     "illegal_pre_eval_ttt": Seed(
         "illegal_pre_eval_ttt", "seeds/records/002v1_pre_eval_ttt/train_gpt.py", "seed 002 v1",
-        score="pre_eval", export="wm", qat="ttt", tiny=dict(TTT_EPOCHS=2, EVAL_STRIDE=64)),
+        score="pre_eval", export="wm", qat="ttt",
+        tiny=dict(TTT_EPOCHS=2, TTT_BATCH_SEQS=32, EVAL_BATCH_SEQS=32)),  # the record's 32 are not read from the env
     "two_phase_ttt_as_submitted": Seed(
         "two_phase_ttt_as_submitted", "seeds/records/000_two_phase_ttt/train_gpt.py", "seed 000",
         score="two_phase_pre_eval", export="wm_prune_sd", qat="ttt",
-        tiny=dict(TTT_P1_EPOCHS=2, TTT_P2_EPOCHS=2, TTT_BATCH_SEQS=4)),
+        tiny=dict(TTT_P1_EPOCHS=2, TTT_P2_EPOCHS=2, TTT_BATCH_SEQS=4, EVAL_BATCH_SEQS=32)),
     "lora_ttt_swiglu_1xh100": Seed(
         "lora_ttt_swiglu_1xh100", "seeds/records/003_lora_ttt_swiglu_1xh100/train_gpt.py", "seed 003",
         score="lora_chunks", export="int8_then_mixed", tiny=dict(TTT_CHUNK_SIZE=32, TTT_MIN_DOC_LEN=16, XSA_LAST_N=4),
         run={"WARMDOWN_ITERS": "the run command sets WARMDOWN_ITERS=3000 (S003.README)",
              "MAX_WALLCLOCK_SECONDS": "the run command sets 4850 (S003.README; S003.log:10)"},
-        aliases={"TTT_LORA_RANK": "TTT_RANK", "TTT_LORA_LR": "TTT_LR", "TTT_CHUNK_LEN": "TTT_CHUNK_SIZE"}),
+        aliases={"TTT_LORA_RANK": "TTT_RANK", "TTT_LORA_LR": "TTT_LR", "TTT_CHUNK_LEN": "TTT_CHUNK_SIZE"},
+        switches=dict(ttt_score_all=False),
+        why="the record leaves out documents of < 5 tokens, 1-token chunks and every document's prediction of "
+            "the next BOS; the recipe scores every target"),
 }

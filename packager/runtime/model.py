@@ -150,13 +150,13 @@ class RMSNorm(nn.Module):
 class CastedLinear(nn.Linear):
     """Linear whose weight stays fp32 (for the optimizer) and is cast to the input dtype."""
     if feature("qat"):
-        qat_bits = 0  # > 0 (set by configure_qat): forward fake-quantizes the weight while qat_gate is on
+        qat_bits, qat_floor = 0, None  # set by configure_qat: training forwards fake-quantize while qat_gate is on
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if feature("qat"):
-            if self.qat_bits:  # quantized from the fp32 weight, as the export sees it, then cast
-                w = fake_quantize_ste(w, self.qat_bits, self.qat_gate)
+            if self.qat_bits and self.training:  # quantized from the fp32 weight, as the export sees it, then cast
+                w = fake_quantize_ste(w, self.qat_bits, self.qat_gate, self.qat_floor)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w.to(x.dtype), bias)
 

@@ -161,7 +161,7 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
         elapsed_ms = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_multiplier(args, step, elapsed_ms)
         if feature("qat"):
-            if not qat_on and qat_active(args, step, elapsed_ms, scale):
+            if args.qat_train and not qat_on and qat_active(args, step, elapsed_ms, scale):
                 qat_on = True
                 set_qat(base_model, True)
                 log0(f"qat:enabled step:{step} lr_scale:{scale:.4f}")
@@ -200,6 +200,19 @@ def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: 
     return len(blob)
 
 
+def eval_pass_names(args) -> list[str]:
+    """The recipe's final evaluations, in order (eval.passes; default: every one this script has)."""
+    built = ["roundtrip"]
+    if feature("sliding"):
+        built += ["sliding"] if args.sliding_stride > 0 else []
+    if feature("ttt"):
+        built += ["ttt"] if args.ttt_mode != "none" else []
+    chosen = [name.strip() for name in args.eval_passes.split(",") if name.strip()] or built
+    if set(chosen) - set(built) or len(set(chosen)) < len(chosen):
+        raise ValueError(f"EVAL_PASSES={args.eval_passes!r}: name each of {', '.join(built)} at most once")
+    return chosen
+
+
 def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, float]:
     """Run one final evaluation and log it in the upstream two-line format."""
     sync(device)
@@ -214,8 +227,9 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def main() -> None:
     args = Hyperparameters()
-    # A missing compressor or a bad quantization setting must fail now, not after training.
+    # A missing compressor, a bad quantization setting or an unknown final evaluation must fail now, not after training.
     check_export_args(args)
+    passes = eval_pass_names(args)
     script = Path(__file__).resolve()
     code = script.read_bytes()
     distributed, rank, world_size, local_rank, device = setup_distributed()
@@ -281,25 +295,30 @@ def main() -> None:
     # Evaluation budget starts here: export, reload, and every scored eval path.
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
-    final_name = f"final_{export_label(args)[1]}_roundtrip"
     ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+
+    def roundtrip():
+        ledger.begin("roundtrip")
+        return f"final_{export_label(args)[1]}_roundtrip", *eval_val(
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)
+
+    evals = {"roundtrip": lambda: timed_eval(device, log0, roundtrip)}
     if feature("sliding"):
-        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+        evals["sliding"] = lambda: timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}")
     if feature("ttt"):
         # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
-        paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+        evals["ttt"] = lambda: timed_eval(device, log0, lambda: eval_ttt(
+            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger))
+    paths = [evals[name]() for name in passes]
     ledger.write()
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
+    roundtrip_path = paths[passes.index("roundtrip")] if "roundtrip" in passes else (None, None, None)
     result = {
         "seed": args.seed, "val_loss": val_loss, "val_bpb": val_bpb, "eval_path": eval_path,
-        "roundtrip_val_loss": paths[0][1], "roundtrip_val_bpb": paths[0][2],
+        "roundtrip_val_loss": roundtrip_path[1], "roundtrip_val_bpb": roundtrip_path[2],
         "bytes_model": model_bytes, "bytes_code": len(code), "bytes_total": model_bytes + len(code),
         "code_sha256": code_sha, "train_time_ms": round(train_ms), "eval_time_ms": round(sum(p[3] for p in paths)),
         "total_eval_time_s": round(total_eval_s, 3), "steps": steps, "iterations": args.iterations,
