@@ -59,7 +59,7 @@ def test_hparams_declared_as_upstream_defaults():
         assert hp.env == name.upper() and hp.path == f"model.{name}" and hp.feature is None
         assert type(hp.default) is hp.kind
     assert hps["activation"].choices == ("relu2", "leaky_relu2", "swiglu")
-    assert resolve(load_baseline_recipe(), hps.values()) == expected
+    assert resolve(load_baseline_recipe(), hps.values()) == expected | {"attention": "sdpa"}  # upstream runs SDPA
 
 
 def test_baseline_parameter_count_and_state_dict_layout():
@@ -174,13 +174,14 @@ def test_attention_kernel_is_pinned_and_never_falls_back_on_cuda(pin, monkeypatc
     fake = lambda *a, **k: None  # noqa: E731 (an installed kernel; attention_kernel never calls it)
     for fa3, fa2, expected in ((None, None, {"sdpa": "sdpa", "auto": "sdpa"}),
                                (None, fake, {"sdpa": "sdpa", "fa2": "fa2", "auto": "fa2"}),
-                               (fake, fake, {"sdpa": "sdpa", "fa3": "fa3", "fa2": "fa2", "auto": "fa3"})):
+                               (fake, None, {"sdpa": "sdpa", "fa3": "fa3", "auto": "fa3"}),
+                               (fake, lambda *a, **k: None, {"sdpa": "sdpa", "fa3": "fa3", "fa2": "fa2", "auto": "fa3"})):
         monkeypatch.setattr(M, "flash_attn_3_func", fa3)
         monkeypatch.setattr(M, "flash_attn_2_func", fa2)
         if pin in expected:
             assert M.attention_kernel(args, cuda) == expected[pin]
         else:
-            with pytest.raises(RuntimeError, match=f"ATTENTION={pin} is pinned"):
+            with pytest.raises(RuntimeError, match=f"ATTENTION={pin} is pinned by the recipe, but FlashAttention"):
                 M.attention_kernel(args, cuda)
 
 

@@ -36,8 +36,10 @@ TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
     "rope_ntk": dict(rope_train_len=64),
     "muon_wd": dict(muon_weight_decay=0.04),
     "adam_wd": dict(adam_weight_decay=0.04),
+    "untrained": dict(untrained_params="smear.gate"),
 }
-ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu")
+ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu",
+                                                                                   untrained_params="")
 
 
 
@@ -107,12 +109,13 @@ def test_hparams_declared_off_by_default():
         "rope_train_len": ("ROPE_TRAIN_LEN", "model.rope_train_len", 0, "rope_ntk"),
         "muon_weight_decay": ("MUON_WD", "train.optimizer.muon_weight_decay", 0.0, "muon_wd"),
         "adam_weight_decay": ("ADAM_WD", "train.optimizer.adam_weight_decay", 0.0, "adam_wd"),
+        "untrained_params": ("UNTRAINED_PARAMS", "train.optimizer.untrained", "", "untrained"),
     }
     assert {n: (hp.env, hp.path, hp.default, hp.feature) for n, hp in hps.items()} == expected
     for hp in hps.values():
         assert type(hp.default) is hp.kind
     # The FlashAttention kernels follow model.attention (see test_model.py).
-    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES) | {"fa3", "fa2"}
+    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES) | {"flash_attn"}
 
 
 @pytest.mark.parametrize("name", sorted(TECHNIQUE_FEATURES))
@@ -552,3 +555,36 @@ def test_rendered_scripts_hold_a_technique_only_when_used(tmp_path):
 
         pyflakes.api.check(text, "train_gpt.py", Collect())
         assert warnings == []
+
+
+def test_untrained_params_stay_in_the_model_but_no_optimizer_steps_them():
+    """Seed 003's SmearGate: a parameter of the model (and its state dict) that no optimizer owns."""
+    args = make_args(smear_gate=True, untrained_params="smear.gate")
+    model = M.GPT(args)
+    optimizers, _ = O.build_optimizers(args, model)
+    owned = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
+    assert id(model.smear.gate) not in owned and "smear.gate" in model.state_dict()
+    assert owned == {id(p) for n, p in model.named_parameters() if n != "smear.gate"}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = model.smear.gate.detach().clone()
+    for opt in optimizers:
+        opt.step()
+    assert torch.equal(model.smear.gate, before)
+    with pytest.raises(ValueError, match="UNTRAINED_PARAMS names no parameter of the model: \\['smear.gat'\\]"):
+        O.build_optimizers(make_args(smear_gate=True, untrained_params="smear.gat"), model)
+
+
+def test_rope_ntk_rescales_the_base_with_fp32_positions_past_its_length():
+    """Seeds 000/002: tables built for rope_train_len; longer sequences get base * (T/len)^(d/(d-2)), fp32 positions."""
+    rotary = M.Rotary(16, base=10000.0, train_len=64).bfloat16()  # bf16 buffer, as after model.bfloat16()
+    plain = M.Rotary(16, base=10000.0).bfloat16()
+    for T in (32, 64):  # up to the length: unchanged, positions in the buffer's dtype (bf16)
+        assert all(torch.equal(a, b) for a, b in zip(rotary(T, torch.device("cpu"), torch.float32),
+                                                      plain(T, torch.device("cpu"), torch.float32)))
+    cos, sin = rotary(256, torch.device("cpu"), torch.float32)
+    base = 10000.0 * (256 / 64) ** (16 / 14)
+    inv = 1.0 / (base ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    freqs = torch.outer(torch.arange(256, dtype=torch.float32), inv)
+    assert torch.equal(cos[0, :, 0], freqs.cos()) and torch.equal(sin[0, :, 0], freqs.sin())
+    assert not torch.equal(cos, plain(256, torch.device("cpu"), torch.float32)[0])

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from packager.cli import pack
 from packager.recipe import load_recipe
-from packager.render import MAX_LINES, render_script
+from packager.render import MAX_LINES, render_script, shipped_lines
 from packager.wrap import wrap_lzma_b85
 
 from tests.test_e2e import run_torchrun, smoke_env
@@ -29,6 +29,7 @@ PARAMS = {
     "naive_baseline": 17_059_912,
     "qat_bigramhash12k_stride32": 25_779_281,
     "two_phase_ttt": 26_993_756,
+    "two_phase_ttt_as_submitted": 26_993_756,
     "legal_score_first_ttt": 26_993_756,
     "illegal_pre_eval_ttt": 26_993_756,
     "lora_ttt_swiglu_1xh100": 26_502_232,
@@ -39,7 +40,7 @@ PARAMS = {
 # so that some chunks are trained on).
 SMOKE = {
     "EVAL_SEQ_LEN": "128", "EVAL_STRIDE": "64", "TTT_CHUNK_TOKENS": "4096", "TTT_EPOCHS": "1",
-    "TTT_CHUNK_LEN": "64", "TTT_PHASE1_EPOCHS": "1", "TTT_PHASE2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_PHASE2_LAST_K": "1",
+    "TTT_CHUNK_LEN": "64", "TTT_P1_EPOCHS": "1", "TTT_P2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_P2_UNFREEZE_LAST": "1",
     "ITERATIONS": "6", "WARMUP_STEPS": "1", "TRAIN_LOG_EVERY": "3", "XSA_LAST_N": "1", "VE_LAYERS": "1",
     "BIGRAM_VOCAB_SIZE": "512", "BIGRAM_DIM": "32", "VE_DIM": "32", "ROPE_DIMS": "8",
 }
@@ -47,8 +48,9 @@ FINAL_LINE = {
     "naive_baseline": "final_int8_zlib_roundtrip",
     "qat_bigramhash12k_stride32": "final_sliding_window",
     "two_phase_ttt": "final_ttt_two_phase",
+    "two_phase_ttt_as_submitted": "final_ttt_two_phase_pre_eval",
     "legal_score_first_ttt": "legal_ttt",
-    "lora_ttt_swiglu_1xh100": "final_ttt_lora",
+    "lora_ttt_swiglu_1xh100": "final_ttt",
     "illegal_pre_eval_ttt": "final_ttt_pre_eval",
 }
 
@@ -67,7 +69,7 @@ def scripts() -> dict[str, str]:
     return {p.stem: render_script(load_recipe(p)) for p in RECIPES}
 
 
-def test_all_six_recipes_exist():
+def test_all_seven_recipes_exist():
     assert set(FINAL_LINE) == {p.stem for p in RECIPES}
 
 
@@ -77,7 +79,7 @@ def test_renders_short_clean_and_deterministic(recipe, scripts):
     from pyflakes.reporter import Reporter
 
     text = scripts[recipe]
-    assert text.count("\n") <= MAX_LINES
+    assert shipped_lines(text, load_recipe(ROOT / "recipes" / f"{recipe}.yaml")) <= MAX_LINES
     out = io.StringIO()
     assert check(text, "train_gpt.py", Reporter(out, out)) == 0, out.getvalue()
     assert render_script(load_recipe(ROOT / "recipes" / f"{recipe}.yaml")) == text
@@ -88,6 +90,30 @@ def test_wrapped_seed_script_is_at_most_30_percent(recipe, scripts):
     text = scripts[recipe]
     wrapped = wrap_lzma_b85(text, text.splitlines()[0])
     assert len(wrapped.encode()) <= 0.30 * len(text.encode()), (len(wrapped), len(text))
+
+
+# Bytes of the script each seed record shipped (../shared/seeds/records/*/train_gpt.py; recipes/SOURCES.md).
+RECORD_CODE_BYTES = {"qat_bigramhash12k_stride32": 53_849, "legal_score_first_ttt": 74_001,
+                     "illegal_pre_eval_ttt": 71_596, "two_phase_ttt": 68_424, "two_phase_ttt_as_submitted": 68_424,
+                     "lora_ttt_swiglu_1xh100": 65_338}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECORD_CODE_BYTES))
+def test_shipped_code_is_no_larger_than_the_records_script(recipe, scripts):
+    """Code bytes count toward the artifact: a seed recipe ships its script wrapped, and smaller than the record's."""
+    assert load_recipe(ROOT / "recipes" / f"{recipe}.yaml").data["code"]["wrap"] == "lzma_b85"
+    text = scripts[recipe]
+    assert len(wrap_lzma_b85(text, text.splitlines()[0]).encode()) < RECORD_CODE_BYTES[recipe]
+
+
+def test_record_code_bytes_are_the_shared_scripts():
+    from packager.parity.seeds import SEEDS
+
+    shared = ROOT.parent / "shared"
+    if not (shared / "seeds" / "records").is_dir():
+        pytest.skip("../shared/seeds/records is not present beside the repository")
+    for recipe, n in RECORD_CODE_BYTES.items():
+        assert (shared / SEEDS[recipe].script).stat().st_size == n, recipe
 
 
 @pytest.mark.parametrize("recipe", [p.stem for p in RECIPES])

@@ -196,20 +196,20 @@ def test_two_phase_counts_parameters_and_logs_them(trained_model, tmp_path, monk
     args = ttt_args("two_phase")
     model = GPT(args)
     phase1, phase2, head = two_phase_params(args, model)
-    dim, heads = 32, 2
-    per_block = heads + dim + dim + 2 * dim  # q_gain, attn_scale, mlp_scale, resid_mix
-    assert sum(p.numel() for p in phase1) == 2 * per_block + dim  # + skip_weights (1 x dim)
+    dim = 32
+    per_block = dim + dim + 2 * dim  # seed 000's selectors: attn_scale, mlp_scale, resid_mix (not q_gain)
+    assert sum(p.numel() for p in phase1) == 2 * per_block  # no skip_weights either
     last_block = sum(p.numel() for p in model.blocks[1].parameters())
-    assert sum(p.numel() for p in phase2) == last_block + per_block + dim + VOCAB * dim
+    assert sum(p.numel() for p in phase2) == last_block + per_block + VOCAB * dim
     assert head == "tok_emb (tied embeddings)" and any(p is model.tok_emb.weight for p in phase2)
     everything = two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=5), model)[1]
-    assert {id(p) for p in everything} == {id(p) for p in model.parameters()}
+    assert {id(p) for p in everything} == {id(p) for n, p in model.named_parameters() if n != "skip_weights"}
     assert len(two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=0), model)[1]) == len(phase1) + 1
     untied = tiny_args(**{**COMMON, **MODES["two_phase"], "tie_embeddings": False})
     assert two_phase_params(untied, GPT(untied))[2] == "lm_head"
     _, _, _, run, logs, _ = run_ttt(args, state, synthetic_tokens(N_TOKENS, seed=15), tmp_path, monkeypatch)
     line = next(l for l in logs if l.startswith("ttt_two_phase:"))
-    assert f"phase1 tensors:{len(phase1)} params:{2 * per_block + dim} " in line and "head:tok_emb" in line
+    assert f"phase1 tensors:{len(phase1)} params:{2 * per_block} " in line and "head:tok_emb" in line
     check_score_first(run, N_TOKENS)
 
 

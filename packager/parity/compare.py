@@ -34,6 +34,7 @@ from packager.runtime import ttt as ours_ttt
 from packager.runtime import train as ours_train
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared"  # the seeds' own files live beside the repository (see ../shared/README.md)
 LOGIT_TOL = 1e-5
 BPB_TOL = 1e-6
 
@@ -277,8 +278,9 @@ EXPORT_SCALES = (0.02, 1.0)  # std of the weights: trained-like (the 1/31 floor 
 
 
 def export_state(name: str, shared: Path, scale: float) -> dict:
-    """Full-size tensors with the dtypes the record exports on CUDA (embeddings bf16), of every tensor outside
-    the blocks and of blocks 0 and 8 (seed 001 keeps blocks.8.attn.c_k in fp16), N(0, scale^2)."""
+    """Full-size tensors with the dtypes the record exports on CUDA (embeddings bf16), N(0, scale^2): every tensor
+    outside the blocks, block 0, and the tensors the recipe keeps in fp16 by name (seed 001: blocks.8.attn.c_k)."""
+    keep = [p for p in getattr(our_args(name, False), "keep_fp16", "").split(",") if p]
     rec = record(name, shared, False)
     with torch.device("meta"), cpu_stubs():
         model = rec.build_model(rec.args()).bfloat16()
@@ -288,7 +290,7 @@ def export_state(name: str, shared: Path, scale: float) -> dict:
         rec.module.restore_low_dim_params_to_fp32(model)
     gen = torch.Generator().manual_seed(7)
     return {k: (scale * torch.randn(v.shape, generator=gen)).to(v.dtype) for k, v in model.state_dict().items()
-            if not k.startswith("blocks.") or k.split(".")[1] in ("0", "8")}
+            if not k.startswith("blocks.") or k.startswith("blocks.0.") or any(p in k for p in keep)}
 
 
 def saved(obj) -> bytes:
@@ -322,7 +324,8 @@ def check_export(name: str, shared: Path) -> Row:
     their_blob = rec.run(rec.fragment(f"{blob_name} = "), {raw_name: sample, "zstandard": zstandard})[blob_name]
     if their_blob != ours_quant.compress_bytes(args, sample):
         return Row(name, "export", "DIFFERS", "the compressor or its level differs")
-    return Row(name, "export", "same", f"{len(sd)} tensors (full size, blocks 0 and 8), torch.save bytes identical "
+    return Row(name, "export", "same", f"{len(sd)} full-size tensors (outside the blocks, block 0, the fp16 keep-list), "
+                                       f"torch.save bytes identical "
                                        f"({', '.join(notes)}), dequantized tensors equal, same compressor")
 
 
@@ -468,12 +471,19 @@ CHECKS = {"hparams": check_hparams, "params": check_params, "init": check_init, 
 
 
 def run(names=None, shared: Path | None = None, checks=None) -> list[Row]:
-    shared = shared or ROOT.parent / "shared"
-    rows = []
-    for name in names or SEEDS:
-        for check, fn in CHECKS.items():
-            if check == "qat" and not SEEDS[name].qat:
-                continue
-            if checks is None or check in checks:
-                rows.append(fn(name, shared))
-    return rows
+    """Every comparison (or those named) of every seed recipe (or those named), on one intra-op thread."""
+    shared = shared or SHARED
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only contend
+    try:
+        return [fn(name, shared) for name in names or SEEDS for check, fn in CHECKS.items()
+                if (checks is None or check in checks) and (check != "qat" or SEEDS[name].qat)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table of the comparisons (README, python -m packager.parity)."""
+    out = ["| recipe | record | check | result | detail |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| `{r.seed}` | {SEEDS[r.seed].label} | {r.check} | {r.status} | {r.detail} |" for r in rows]
+    return "\n".join(out) + "\n"

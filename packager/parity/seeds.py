@@ -60,6 +60,13 @@ SEEDS = {
         "two_phase_ttt_as_submitted", "seeds/records/000_two_phase_ttt/train_gpt.py", "seed 000",
         score="two_phase_pre_eval", export="wm_prune_sd", qat="ttt",
         tiny=dict(TTT_P1_EPOCHS=2, TTT_P2_EPOCHS=2, TTT_BATCH_SEQS=4, EVAL_BATCH_SEQS=32)),
+    "two_phase_ttt": Seed(
+        "two_phase_ttt", "seeds/records/000_two_phase_ttt/train_gpt.py", "seed 000",
+        score="two_phase_pre_eval", export="wm_prune_sd", qat="ttt",
+        tiny=dict(TTT_P1_EPOCHS=2, TTT_P2_EPOCHS=2, TTT_BATCH_SEQS=4, EVAL_BATCH_SEQS=32),
+        switches=dict(ttt_mode="two_phase_pre_eval", ttt_allow_illegal=True, eval_windows="records_all"),
+        why="the legal form: the record trained both phases on the whole validation split before scoring it; "
+            "the recipe runs them score-first on each 32,768-token chunk and scores every token once"),
     "lora_ttt_swiglu_1xh100": Seed(
         "lora_ttt_swiglu_1xh100", "seeds/records/003_lora_ttt_swiglu_1xh100/train_gpt.py", "seed 003",
         score="lora_chunks", export="int8_then_mixed", tiny=dict(TTT_CHUNK_SIZE=32, TTT_MIN_DOC_LEN=16, XSA_LAST_N=4),

@@ -40,8 +40,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "value_embed": ("shared value embedding added to the values of ve_layers", "ve_layers != ''"),
     "no_unet": ("a plain stack without the U-Net skip connections", "not unet_skips"),
     "ortho_init": ("orthogonal init of the matrices", "ortho_init"),
-    "fa3": ("FlashAttention 3 for bf16 attention on CUDA", "attention in ('fa3', 'auto')"),
-    "fa2": ("FlashAttention 2 for bf16 attention on CUDA", "attention in ('fa2', 'auto')"),
+    "flash_attn": ("FlashAttention 3 or 2 for bf16 attention on CUDA", "attention != 'sdpa'"),
     "rope_ntk": ("RoPE tables built for rope_train_len; longer sequences get an NTK-scaled base", "rope_train_len > 0"),
 }
 
@@ -99,14 +98,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, kernel: str 
     `kernel` (the recipe's `attention`) picks FlashAttention for CUDA half-precision inputs (bf16
     autocast); everything else (CPU, fp32) runs torch SDPA. Returns (B, T, H, D).
     """
-    if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16):
-        if feature("fa3"):
-            if kernel in ("fa3", "auto") and flash_attn_3_func is not None:
-                out = flash_attn_3_func(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
-                return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, lse)
-        if feature("fa2"):
-            if kernel in ("fa2", "auto") and flash_attn_2_func is not None:
-                return flash_attn_2_func(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
+    if feature("flash_attn"):
+        fa = flash_kernel(kernel) if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16) else None
+        if fa is not None:
+            out = fa(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
+            return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, softmax_lse)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         is_causal=causal, enable_gqa=k.size(2) != q.size(2),
@@ -114,26 +110,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, kernel: str 
     return y.transpose(1, 2)
 
 
-def attention_kernel(args, device: torch.device) -> str:
-    """The kernel `attention` runs for bf16 inputs on `device`: "fa3", "fa2" or "sdpa".
+def flash_kernel(kernel: str):
+    """The installed FlashAttention function of a pin (fa3, fa2; auto: FA3, else FA2), or None."""
+    return (flash_attn_3_func if kernel in ("fa3", "auto") else None) or (
+        flash_attn_2_func if kernel in ("fa2", "auto") else None)
 
-    CPU has no FlashAttention (SDPA). On CUDA a pinned kernel that is not installed is an
-    error, never a silent fallback; auto takes FA3, else FA2, else SDPA.
-    """
-    installed = {}
-    if feature("fa3"):
-        installed["fa3"] = flash_attn_3_func is not None
-    if feature("fa2"):
-        installed["fa2"] = flash_attn_2_func is not None
-    if device.type != "cuda" or args.attention == "sdpa":
+
+def attention_kernel(args, device: torch.device) -> str:
+    """The kernel `attention` runs for bf16 inputs on `device`: "fa3", "fa2" or "sdpa". CPU has no
+    FlashAttention; on CUDA a pinned kernel that is not installed is an error, never a fallback."""
+    if feature("flash_attn"):
+        fa = flash_kernel(args.attention) if device.type == "cuda" else None
+        if fa is None and device.type == "cuda" and args.attention in ("fa3", "fa2"):
+            raise RuntimeError(f"ATTENTION={args.attention} is pinned by the recipe, but FlashAttention "
+                               f"{args.attention[-1]} is not installed; install it, or run ATTENTION=sdpa knowing "
+                               "the step time will differ")
+        return "sdpa" if fa is None else "fa3" if fa is flash_attn_3_func else "fa2"
+    else:
+        if args.attention != "sdpa":
+            raise ValueError(f"ATTENTION={args.attention}: this script has no FlashAttention (its recipe pins sdpa)")
         return "sdpa"
-    if args.attention == "auto":
-        return next((name for name, ok in installed.items() if ok), "sdpa")
-    if not installed.get(args.attention):
-        module = {"fa3": "flash_attn_interface (FlashAttention 3)", "fa2": "flash_attn (FlashAttention 2)"}
-        raise RuntimeError(f"ATTENTION={args.attention} is pinned by the recipe, but {module[args.attention]} is not "
-                           "installed; install it, or run ATTENTION=sdpa knowing the step time will differ")
-    return args.attention
 
 
 class RMSNorm(nn.Module):

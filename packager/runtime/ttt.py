@@ -241,9 +241,11 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
 
 def score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger):
     """The sliding-window scores of a model already trained on the split (the illegal variants)."""
-    sums, batch = torch.zeros(3, device=device, dtype=torch.float64), args.ttt_batch_seqs
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
     if feature("sliding"):
         batch = args.eval_batch_seqs  # the records score with their sliding evaluation
+    else:
+        batch = args.ttt_batch_seqs
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
                   device, sums, batch, eval_window_len(args), ledger)
     model.requires_grad_(True).train()
