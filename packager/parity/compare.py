@@ -138,7 +138,7 @@ def check_hparams(name: str, shared: Path) -> Row:
         equal = (theirs == mine) if hp.kind is str else (float(theirs) == float(mine))
         if not equal:
             (overridden if env in seed.run else unexplained).append(f"{env}={theirs}->{mine}")
-    detail = f"{compared} values read from the same variables"
+    detail = f"{compared} values read from the same environment variables equal"
     if overridden:
         detail += "; set by the run, not the script default: " + ", ".join(overridden)
     if unexplained:
@@ -158,7 +158,8 @@ def check_params(name: str, shared: Path) -> Row:
     if a != b:
         diff = sorted(set(a) ^ set(b))[:4]
         return Row(name, "params", "DIFFERS", f"record {count:,}, recipe {sum(p.numel() for p in mine.parameters()):,}; {diff}")
-    return Row(name, "params", "same", f"{len(a)} tensors, {count:,} parameters, same names, shapes and order")
+    return Row(name, "params", "same", f"full size (meta device): {len(a)} tensors, {count:,} parameters, same names, "
+                                       "shapes and order")
 
 
 def tiny_models(name: str, shared: Path, seed: int = 1337):
@@ -181,7 +182,7 @@ def check_init(name: str, shared: Path) -> Row:
     if unequal:
         d, k = max_diff({k: a[k] for k in unequal}, {k: b[k] for k in unequal})
         return Row(name, "init", "DIFFERS", f"{len(unequal)} tensors differ, max {d:.3g} at {k}")
-    return Row(name, "init", "same", f"tiny model, torch.manual_seed(1337): all {len(a)} tensors bitwise equal")
+    return Row(name, "init", "same", f"tiny model, same seed: all {len(a)} tensors bitwise equal")
 
 
 def check_logits(name: str, shared: Path) -> Row:
@@ -199,7 +200,7 @@ def check_logits(name: str, shared: Path) -> Row:
         b = mine(ids)
     d = (a - b).abs().max().item()
     status = "same" if d == 0 else "close" if d <= LOGIT_TOL else "DIFFERS"
-    return Row(name, "logits", status, f"T={seq_len}, fp32, bf16 RoPE buffers as on CUDA: max |diff| {d:.2e} "
+    return Row(name, "logits", status, f"T={seq_len}, fp32 with CUDA's bf16 RoPE buffers: max abs diff {d:.1e} "
                                        f"(tolerance {LOGIT_TOL:g})")
 
 
@@ -241,7 +242,7 @@ def check_optimizer(name: str, shared: Path) -> Row:
     d, where = max_diff(dict(theirs.named_parameters()), dict(mine.named_parameters()))
     groups = " + ".join(type(o).__name__ for o in made["optimizers"])
     status = "same" if d == 0 else "close" if d <= 1e-7 else "DIFFERS"
-    return Row(name, "optimizer", status, f"2 steps of {groups} on shared gradients: max |diff| {d:.2e}"
+    return Row(name, "optimizer", status, f"2 steps of {groups} on shared gradients: max abs diff {d:.1e}"
                                           + (f" ({where})" if d else ""))
 
 
@@ -316,7 +317,7 @@ def check_export(name: str, shared: Path) -> Row:
         unequal = [k for k in a if not torch.equal(a[k], b[k].to(a[k].dtype))]
         if unequal or set(a) != set(b):
             return Row(name, "export", "DIFFERS", f"std {scale}: dequantized {unequal[:3]} differ")
-        notes.append(f"std {scale}: {len(theirs):,} B")
+        notes.append(f"{scale} ({len(theirs):,} B)")
     sample = theirs[: 1 << 16]
     raw_name = blob_name.replace("blob", "raw")
     import zstandard  # seed 003 imports it inside main()
@@ -324,9 +325,9 @@ def check_export(name: str, shared: Path) -> Row:
     their_blob = rec.run(rec.fragment(f"{blob_name} = "), {raw_name: sample, "zstandard": zstandard})[blob_name]
     if their_blob != ours_quant.compress_bytes(args, sample):
         return Row(name, "export", "DIFFERS", "the compressor or its level differs")
-    return Row(name, "export", "same", f"{len(sd)} full-size tensors (outside the blocks, block 0, the fp16 keep-list), "
-                                       f"torch.save bytes identical "
-                                       f"({', '.join(notes)}), dequantized tensors equal, same compressor")
+    return Row(name, "export", "same", f"{len(sd)} full-size tensors (outside the blocks, block 0, the fp16 keep-list) at "
+                                       f"weight std {' and '.join(notes)}: torch.save bytes identical, dequantized "
+                                       "tensors equal; same compressor and level")
 
 
 # ---------------------------------------------------------------- QAT and final scores on a tiny model
@@ -394,8 +395,11 @@ def check_qat(name: str, shared: Path) -> Row:
     d_loss, (d_grad, where) = abs(out[0][0] - out[1][0]), max_diff(out[0][1], out[1][1])
     where_live = "in training from step 0" if SEEDS[name].qat == "train" else "in TTT (compile folded the training flag)"
     status = "same" if d_loss == 0 and d_grad == 0 else "close" if max(d_loss, d_grad) <= LOGIT_TOL else "DIFFERS"
-    return Row(name, "qat", status, f"STE live {where_live}: train-mode loss |diff| {d_loss:.2e}, "
-                                    f"gradients max |diff| {d_grad:.2e}")
+    return Row(name, "qat", status, f"STE live {where_live}: loss abs diff {d_loss:.1e}, gradients max abs diff "
+                                    f"{d_grad:.1e}")
+
+
+EVALS = ("roundtrip", "sliding", "ttt_chunked", "pre_eval", "two_phase_pre_eval", "lora_chunks")
 
 
 def record_score(name: str, rec: RecordScript, model, val, luts) -> tuple[float, float]:
@@ -457,7 +461,7 @@ def check_score(name: str, shared: Path) -> Row:
     seed = SEEDS[name]
     (a_loss, a_bpb), (b_loss, b_bpb) = score_pair(name, shared, **seed.switches)
     d = abs(a_bpb - b_bpb)
-    detail = f"{seed.score}, {len(tiny_val()) - 1} tokens: val_bpb {a_bpb:.6f} (record) vs {b_bpb:.6f}, |diff| {d:.1e}"
+    detail = f"{seed.score}, tiny model, {len(tiny_val()) - 1} tokens: val_bpb {a_bpb:.6f} (record), {b_bpb:.6f}: abs diff {d:.1e}"
     if not seed.switches:
         return Row(name, "score", "same" if d == 0 else "close" if d <= BPB_TOL else "DIFFERS", detail)
     _, (c_loss, c_bpb) = score_pair(name, shared)
