@@ -82,3 +82,17 @@ def test_cli_without_the_shared_folder_says_so(tmp_path, capsys):
     assert parity_main(["--shared", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the records' own scripts are not in" in err and "--shared" in err
+
+
+@needs_shared
+@pytest.mark.benchmark
+@pytest.mark.parametrize("name", ["qat_bigramhash12k_stride32", "two_phase_ttt", "legal_score_first_ttt",
+                                  "lora_ttt_swiglu_1xh100"])
+def test_artifact_size_at_full_size(name):
+    """The compressed artifact of a full-size N(0, 0.02^2) state dict in the records' CUDA dtypes (recipes/SOURCES.md).
+    python -m pytest tests/test_parity.py -m benchmark -s"""
+    from packager.runtime.quant import export_model
+
+    sd = C.export_state(name, C.SHARED, 0.02, blocks=None)
+    blob, stats = export_model(C.our_args(name, False), sd)
+    print(f"{name}: {len(blob):,} bytes (raw {stats['raw_bytes']:,})")

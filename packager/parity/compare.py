@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from packager.hparams import all_hparams
 from packager.parity.script import RecordScript, cpu_stubs
-from packager.parity.seeds import SEEDS, TINY, Seed
+from packager.parity.seeds import SEEDS, TINY
 from packager.recipe import load_recipe
 from packager.render import recipe_features
 from packager.runtime import model as ours_model
@@ -173,6 +173,15 @@ def tiny_models(name: str, shared: Path, seed: int = 1337):
     return theirs, ours_model.GPT(args), args
 
 
+def tiny_pair(name: str, shared: Path, scale: float = 0.05):
+    """(record script, its tiny model, ours, our args): both loaded with one perturbed state dict."""
+    theirs, mine, args = tiny_models(name, shared)
+    state = perturbed_state(theirs, scale=scale)
+    theirs.load_state_dict(state)
+    mine.load_state_dict(state)
+    return record(name, shared, True), theirs, mine, args
+
+
 def check_init(name: str, shared: Path) -> Row:
     theirs, mine, _ = tiny_models(name, shared)
     a, b = theirs.state_dict(), mine.state_dict()
@@ -187,15 +196,12 @@ def check_init(name: str, shared: Path) -> Row:
 
 def check_logits(name: str, shared: Path) -> Row:
     """fp32 logits at the record's training sequence length on one shared state dict."""
-    theirs, mine, _ = tiny_models(name, shared)
-    state = perturbed_state(theirs)
-    theirs.load_state_dict(state)
-    mine.load_state_dict(state)
+    rec, theirs, mine, _ = tiny_pair(name, shared)
     cuda_buffers(theirs), cuda_buffers(mine)
     theirs.eval(), mine.eval()
     seq_len = record(name, shared, False).args().train_seq_len
     ids = torch.randint(0, TINY["VOCAB_SIZE"], (1, seq_len), generator=torch.Generator().manual_seed(1))
-    a = record_logits(record(name, shared, True), theirs, ids)
+    a = record_logits(rec, theirs, ids)
     with torch.no_grad():
         b = mine(ids)
     d = (a - b).abs().max().item()
@@ -224,11 +230,7 @@ def shared_grads(model, step: int) -> dict:
 
 def check_optimizer(name: str, shared: Path) -> Row:
     """Two optimizer steps from one state on the same gradients (Muon in bf16, as on CUDA)."""
-    rec = record(name, shared, True)
-    theirs, mine, args = tiny_models(name, shared)
-    state = perturbed_state(theirs)
-    theirs.load_state_dict(state)
-    mine.load_state_dict(state)
+    rec, theirs, mine, args = tiny_pair(name, shared)
     made = record_optimizers(rec, theirs, rec.args())
     with unittest_mock.patch.object(ours_optim, "muon_dtype", lambda device: torch.bfloat16):
         optimizers, muon = ours_optim.build_optimizers(args, mine)
@@ -278,9 +280,10 @@ EXPORTS = {
 EXPORT_SCALES = (0.02, 1.0)  # std of the weights: trained-like (the 1/31 floor bites) and large
 
 
-def export_state(name: str, shared: Path, scale: float) -> dict:
+def export_state(name: str, shared: Path, scale: float, blocks=("0",)) -> dict:
     """Full-size tensors with the dtypes the record exports on CUDA (embeddings bf16), N(0, scale^2): every tensor
-    outside the blocks, block 0, and the tensors the recipe keeps in fp16 by name (seed 001: blocks.8.attn.c_k)."""
+    outside the blocks, the `blocks` (None: all), and the tensors the recipe keeps in fp16 by name (seed 001:
+    blocks.8.attn.c_k)."""
     keep = [p for p in getattr(our_args(name, False), "keep_fp16", "").split(",") if p]
     rec = record(name, shared, False)
     with torch.device("meta"), cpu_stubs():
@@ -291,7 +294,7 @@ def export_state(name: str, shared: Path, scale: float) -> dict:
         rec.module.restore_low_dim_params_to_fp32(model)
     gen = torch.Generator().manual_seed(7)
     return {k: (scale * torch.randn(v.shape, generator=gen)).to(v.dtype) for k, v in model.state_dict().items()
-            if not k.startswith("blocks.") or k.startswith("blocks.0.") or any(p in k for p in keep)}
+            if not k.startswith("blocks.") or blocks is None or k.split(".")[1] in blocks or any(p in k for p in keep)}
 
 
 def saved(obj) -> bytes:
@@ -374,11 +377,7 @@ def our_qat_on(args, model) -> None:
 
 def check_qat(name: str, shared: Path) -> Row:
     """Training-mode loss and gradients with the fake quantization on, on one shared state dict."""
-    rec = record(name, shared, True)
-    theirs, mine, args = tiny_models(name, shared)
-    state = perturbed_state(theirs)
-    theirs.load_state_dict(state)
-    mine.load_state_dict(state)
+    rec, theirs, mine, args = tiny_pair(name, shared)
     ids = torch.randint(0, TINY["VOCAB_SIZE"], (2, 129), generator=torch.Generator().manual_seed(2))
     try:
         record_qat_on(name, rec, theirs)
@@ -392,7 +391,7 @@ def check_qat(name: str, shared: Path) -> Row:
             out.append((loss.item(), {k: p.grad for k, p in model.named_parameters()}))
     finally:
         rec.module.CastedLinear._qat_enabled = False
-    d_loss, (d_grad, where) = abs(out[0][0] - out[1][0]), max_diff(out[0][1], out[1][1])
+    d_loss, (d_grad, _) = abs(out[0][0] - out[1][0]), max_diff(out[0][1], out[1][1])
     where_live = "in training from step 0" if SEEDS[name].qat == "train" else "in TTT (compile folded the training flag)"
     status = "same" if d_loss == 0 and d_grad == 0 else "close" if max(d_loss, d_grad) <= LOGIT_TOL else "DIFFERS"
     return Row(name, "qat", status, f"STE live {where_live}: loss abs diff {d_loss:.1e}, gradients max abs diff "
@@ -438,13 +437,8 @@ def our_score(args, model, val, luts) -> tuple[float, float]:
 
 
 def score_pair(name: str, shared: Path, **switches) -> tuple[tuple, tuple]:
-    rec = record(name, shared, True)
-    theirs, mine, args = tiny_models(name, shared)
-    args = our_args(name, True, **switches)
-    state = perturbed_state(theirs, scale=0.02)
-    theirs.load_state_dict(state)
-    mine.load_state_dict(state)
-    val, luts = tiny_val(), tiny_luts()
+    rec, theirs, mine, _ = tiny_pair(name, shared, scale=0.02)
+    args, val, luts = our_args(name, True, **switches), tiny_val(), tiny_luts()
     try:
         if SEEDS[name].qat == "ttt":
             record_qat_on(name, rec, theirs)
