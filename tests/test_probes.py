@@ -282,14 +282,16 @@ def test_pre_eval_ttt_fails_causality_and_ledger_at_position_one(rendered, tiny_
                                 "probe.isolation": "pass"}, explain(result)
     causal = result.probes["probe.causality"].first
     assert (causal.run, causal.position) == ("ttt_pre_eval", 1) and causal.position <= result.position
-    led = result.probes["probe.ledger"].first
-    assert (led.kind, led.run, led.step, led.position) == ("unscored-read", "ttt_pre_eval", 1, 1)
+    problems = {(p.kind, p.run, p.step, p.position) for p in result.probes["probe.ledger"].problems}
+    assert ("unscored-read", "ttt_pre_eval", 1, 1) in problems
+    # As submitted, its windows also score the last tokens of the split again (eval.windows: records_all).
+    assert {kind for kind, *_ in problems} == {"unscored-read", "scored-twice"}
     # Through the report, as golf-verify --probe shows it.
     report = verify_folder(folder)
     result.add_to(report)
     errors = {f.check: f for f in report.findings if f.severity == "error" and f.check.startswith("probe.")}
     assert set(errors) == {"probe.causality", "probe.ledger"} and report.exit_code == 1
-    assert errors["probe.causality"].evidence["position"] == 1 and errors["probe.ledger"].evidence["step"] == 1
+    assert errors["probe.causality"].evidence["position"] == 1
 
 
 SCORE_FIRST = """        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, eval_window_len(args), ledger)
