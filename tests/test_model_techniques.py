@@ -588,3 +588,14 @@ def test_rope_ntk_rescales_the_base_with_fp32_positions_past_its_length():
     freqs = torch.outer(torch.arange(256, dtype=torch.float32), inv)
     assert torch.equal(cos[0, :, 0], freqs.cos()) and torch.equal(sin[0, :, 0], freqs.sin())
     assert not torch.equal(cos, plain(256, torch.device("cpu"), torch.float32)[0])
+
+
+def test_a_zero_table_draws_nothing_from_the_init_rng():
+    """As the records: BigramHash's table is zeros_(), so the layers built after it get the same draws."""
+    torch.manual_seed(3)
+    M.ScaledEmbedding(64, 16, 32, 0.0, 0.05)
+    after_zero = torch.randn(4)
+    torch.manual_seed(3)
+    torch.nn.Embedding(64, 16)  # the table's own construction draws, as in the records
+    torch.nn.Linear(16, 32, bias=False)  # the projection's kaiming init
+    assert torch.equal(after_zero, torch.randn(4))

@@ -132,13 +132,15 @@ def test_pre_eval_readme_says_not_allowed(tmp_path):
     assert "not allowed for records" in (folder / "README.md").read_text().lower()
 
 
-def test_pre_eval_is_refused_on_the_record_track(tmp_path):
-    data = yaml.safe_load((ROOT / "recipes" / "illegal_pre_eval_ttt.yaml").read_text())
+@pytest.mark.parametrize("recipe,mode", [("illegal_pre_eval_ttt", "pre_eval"),
+                                         ("two_phase_ttt_as_submitted", "two_phase_pre_eval")])
+def test_pre_eval_is_refused_on_the_record_track(recipe, mode, tmp_path):
+    data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
     data["identity"]["track"] = "10min_16mb"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(pack, [str(bad), "--records", str(tmp_path / "records")])
-    assert result.exit_code == 2 and "ttt.mode: pre_eval TTT trains on validation tokens" in result.output
+    assert result.exit_code == 2 and f"ttt.mode: {mode} TTT trains on validation tokens" in result.output
     assert not (tmp_path / "records").exists()
 
 

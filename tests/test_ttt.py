@@ -305,6 +305,26 @@ def test_lora_chunks_scores_every_target_or_the_records_subset(score_all, traine
     assert scored == expected and len(scored) <= N_TOKENS - len(bos)  # each document but the last drops a target
 
 
+def test_ttt_qat_fake_quantizes_the_ttt_steps_only(trained_model, tmp_path, monkeypatch):
+    """Seeds 000/002: TTT trains through the records' STE; scoring still sees the plain weights."""
+    from packager.runtime.qat import configure_qat
+
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=21)
+    results = {}
+    for on in (False, True):
+        args = ttt_args("chunked", ttt_qat=on, qat_bits_mlp=6, qat_bits_attn=6, qat_ste="records",
+                        qat_scale_floor=1 / 31)
+        model = GPT(args)
+        model.load_state_dict(state)
+        configure_qat(args, model)
+        monkeypatch.setenv("GOLF_PROBE_DIR", str(tmp_path / str(on)))
+        results[on] = eval_ttt(args, model, 0, 1, CPU, tokens, fake_luts(), print, Ledger(0, tokens.numel()))
+    assert results[False] != results[True]
+    plain = run_ttt(ttt_args("chunked"), state, tokens, tmp_path / "plain", monkeypatch)
+    assert plain[:3] == results[False]  # configured but off: exactly no QAT
+
+
 def test_unbuilt_mode_is_an_error(trained_model):
     _, state = trained_model
     args = ttt_args("chunked", ttt_mode="none")
