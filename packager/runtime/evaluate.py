@@ -22,10 +22,10 @@ from packager.runtime.features import HP, feature
 from packager.runtime.system import autocast_ctx
 
 FEATURES = {
-    "sliding": ("score every validation token once, windows advancing by a stride", "sliding_stride > 0"),
+    "sliding": ("sliding-window scoring: windows advance by a stride, each scores its last tokens", "sliding_stride > 0"),
     "eval_seq_len": ("evaluation windows of their own length instead of train_seq_len", "eval_seq_len > 0"),
     "record_windows": ("the records' window list: the last tokens of the split are scored again",
-                       "eval_windows != 'tiled'"),
+                       "sliding_stride > 0 and eval_windows != 'tiled'"),
 }
 
 HPARAMS = (
