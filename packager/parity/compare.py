@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock as unittest_mock
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +24,14 @@ from packager.parity.script import RecordScript, cpu_stubs
 from packager.parity.seeds import SEEDS, TINY
 from packager.recipe import load_recipe
 from packager.render import recipe_features
-from packager.runtime import model as ours_model
-from packager.runtime import optim as ours_optim
 from packager.runtime import bpb as ours_bpb
 from packager.runtime import evaluate as ours_evaluate
+from packager.runtime import model as ours_model
+from packager.runtime import optim as ours_optim
 from packager.runtime import qat as ours_qat
 from packager.runtime import quant as ours_quant
-from packager.runtime import ttt as ours_ttt
 from packager.runtime import train as ours_train
+from packager.runtime import ttt as ours_ttt
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"  # the seeds' own files live beside the repository (see ../shared/README.md)
@@ -232,7 +232,7 @@ def check_optimizer(name: str, shared: Path) -> Row:
     """Two optimizer steps from one state on the same gradients (Muon in bf16, as on CUDA)."""
     rec, theirs, mine, args = tiny_pair(name, shared)
     made = record_optimizers(rec, theirs, rec.args())
-    with unittest_mock.patch.object(ours_optim, "muon_dtype", lambda device: torch.bfloat16):
+    with mock.patch.object(ours_optim, "muon_dtype", lambda device: torch.bfloat16):
         optimizers, muon = ours_optim.build_optimizers(args, mine)
         for step in range(2):
             grads = shared_grads(theirs, step)
