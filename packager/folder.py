@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packager import __version__
 from packager.errors import UserError
-from packager.render import recipe_features, render_script, third_party_requirements
+from packager.render import recipe_features, render_script, third_party_requirements, wrapped
 from packager.wrap import READABLE_NAME, wrap_lzma_b85
 
 TRACK_DIRS = {"10min_16mb": "track_10min_16mb", "non_record_16mb": "track_non_record_16mb"}
@@ -489,7 +489,7 @@ def render_folder(recipe, folder: Path, *, against=None, allow_partial: bool | N
     date = record_date(recipe, folder)
     reqs = third_party_requirements(script)
     files = {}
-    if recipe.data.get("code", {}).get("wrap", "none") == "lzma_b85":
+    if wrapped(recipe):
         files[READABLE_NAME] = script.encode("utf-8")
         shipped = wrap_lzma_b85(script, script.splitlines()[0]).encode("utf-8")
     else:

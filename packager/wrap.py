@@ -12,23 +12,14 @@ import ast
 import base64
 import lzma
 
+from verifier.pysource import drop_docstrings
 
 READABLE_NAME = "train_gpt_readable.py"
 
 
-def _drop_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
 def payload_source(readable: str) -> str:
     """The program without docstrings, comments or layout (what the wrapper executes)."""
-    return ast.unparse(_drop_docstrings(ast.parse(readable))) + "\n"
+    return ast.unparse(drop_docstrings(ast.parse(readable))) + "\n"
 
 
 def wrap_lzma_b85(readable: str, first_line: str) -> str:

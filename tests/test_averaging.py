@@ -155,3 +155,24 @@ def test_feature_rules():
     assert features(ema_decay=0.997) == {"ema"}
     assert features(swa_every=50, swa_start_frac=0.2) == {"swa"}
     assert features(ema_decay=0.997, swa_every=50) == {"ema"}
+
+
+def test_swa_sums_in_the_parameters_dtype_as_seeds_000_and_001():
+    """Their SWA state is a clone of the state dict, so bf16 embeddings are summed in bf16."""
+    model = nn.Linear(64, 64, bias=False).bfloat16()
+    g = torch.Generator().manual_seed(1)
+    snaps = [torch.randn(64, 64, generator=g).bfloat16() for _ in range(23)]
+    averages = {}
+    for dtype in ("fp32", "param"):
+        swa = A.SwaAverager(make_args(swa_every=1, swa_start_frac=1.0, swa_dtype=dtype), model)
+        for step, w in enumerate(snaps, 1):
+            model.weight.data.copy_(w)
+            swa.after_step(model, step, 0.5)
+        swa.apply_to(model)
+        averages[dtype] = model.weight.detach().clone()
+    acc = snaps[0].clone()
+    for w in snaps[1:]:
+        acc += w
+    assert torch.equal(averages["param"], (acc / 23).bfloat16())
+    assert torch.equal(averages["fp32"], (sum(w.float() for w in snaps) / 23).bfloat16())
+    assert not torch.equal(averages["param"], averages["fp32"])

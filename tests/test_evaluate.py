@@ -215,3 +215,54 @@ def test_ledger_is_inert_without_probe_dir(tmp_path, monkeypatch):
     ledger.step([(0, 4)])
     ledger.write()
     assert ledger.runs == [] and ledger.steps == 0 and not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- the records' window lists
+
+@pytest.mark.parametrize("kind,least", [("records", 8), ("records_all", 1)])
+def test_record_windows_score_the_tail_again(kind, least):
+    """As seeds 001/002 ("records": while a stride remains) and 000/002 v1 ("records_all": while a token remains)
+    wrote them: a window every stride from 0; cut windows score their last stride (all of it if shorter)."""
+    args = tiny_args(train_seq_len=32, sliding_stride=8, eval_windows=kind)
+    total = 100
+    wins = eval_windows(args, total)
+    expected = [(s, s if s == 0 else max(min(s + 32, total) - 8, s), min(s + 32, total))
+                for s in range(0, total, 8) if min(s + 32, total) - s >= least or s == 0]
+    assert wins == expected
+    counts = torch.zeros(total, dtype=torch.int64)
+    for _, a, e in wins:
+        counts[a:e] += 1
+    assert bool((counts[:92] == 1).all()) and int(counts[92:].min()) > 1  # the last stride: scored again and again
+    tiled = eval_windows(tiny_args(train_seq_len=32, sliding_stride=8), total)
+    assert sum(e - a for _, a, e in tiled) == total  # the recipe default scores every token once
+
+
+def test_record_windows_reach_the_score_padded_to_the_window_length():
+    args, state = trained_state()
+    tokens = synthetic_tokens(SEQ_LEN * 6 + 5, seed=3)
+    model = GPT(args)
+    model.load_state_dict(state)
+    rec = make_args(None, **{**vars(args), "sliding_stride": 8, "eval_windows": "records"})
+    loss, _ = eval_sliding(rec, model, 0, 1, CPU, tokens, fake_luts())
+    ids = tokens.to(torch.int64)
+    total, nll, count = ids.numel() - 1, 0.0, 0
+    with torch.no_grad():
+        for s, a, e in eval_windows(rec, total):  # each window alone, unpadded: the same scores
+            out = F.cross_entropy(model(ids[s:e][None])[0], ids[s + 1 : e + 1], reduction="none")
+            nll, count = nll + float(out[a - s :].sum()), count + e - a
+    assert count > total and loss == pytest.approx(nll / count, rel=1e-6)
+
+
+def test_eval_passes_are_chosen_per_recipe():
+    from packager.runtime.train import eval_pass_names
+
+    assert eval_pass_names(tiny_args()) == ["roundtrip"]
+    assert eval_pass_names(tiny_args(sliding_stride=8, ttt_mode="chunked")) == ["roundtrip", "sliding", "ttt"]
+    assert eval_pass_names(tiny_args(sliding_stride=8, ttt_mode="chunked", eval_passes="roundtrip,ttt")) == [
+        "roundtrip", "ttt"]
+    assert eval_pass_names(tiny_args(sliding_stride=8, eval_passes="sliding")) == ["sliding"]
+    for bad in ("ttt", "sliding", "roundtrip,roundtrip", "full"):
+        with pytest.raises(ValueError, match="EVAL_PASSES="):
+            eval_pass_names(tiny_args(eval_passes=bad))
+    with pytest.raises(ValueError, match="at most once, in this order"):  # TTT changes the weights: it comes last
+        eval_pass_names(tiny_args(sliding_stride=8, ttt_mode="chunked", eval_passes="ttt,roundtrip"))

@@ -7,6 +7,7 @@ import io
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -166,11 +167,23 @@ def test_document_loader_packs_one_row_with_its_starts(tiny_data):
     assert D.DocumentTokenLoader(pattern, 0, 1, torch.device("cpu"), 0).next_batch(2048, 128, 8)[2] is None
 
 
-def test_doc_attention_on_cuda_without_flash_attn_is_an_error(monkeypatch):
-    monkeypatch.setattr(D, "document_attention_backend", lambda: "sdpa_document_mask")
-    with pytest.raises(RuntimeError, match="needs flash-attn"):
-        D.check_document_attention(torch.device("cuda"))
-    assert D.check_document_attention(torch.device("cpu")) == "sdpa_document_mask"
+def test_doc_attention_kernel_follows_the_attention_pin(monkeypatch):
+    """On CUDA: auto or a pinned FlashAttention without its varlen kernel is an error (no silent T x T fallback),
+    an sdpa pin runs the masked twin, an installed pin is used; CPU always runs the twin."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    pin = lambda kernel: SimpleNamespace(attention=kernel)  # noqa: E731
+    monkeypatch.setattr(D, "flash_attn_3_varlen_func", None)
+    monkeypatch.setattr(D, "flash_attn_2_varlen_func", None)
+    with pytest.raises(RuntimeError, match="ATTENTION=auto on CUDA needs flash-attn's varlen kernel"):
+        D.check_document_attention(pin("auto"), cuda)
+    assert D.check_document_attention(pin("sdpa"), cuda) == "sdpa_document_mask"
+    assert D.check_document_attention(pin("auto"), cpu) == "sdpa_document_mask"
+    monkeypatch.setattr(D, "flash_attn_2_varlen_func", lambda *a, **k: None)
+    assert D.check_document_attention(pin("auto"), cuda) == "fa2_varlen"
+    assert D.check_document_attention(pin("fa2"), cuda) == "fa2_varlen"
+    assert D.check_document_attention(pin("sdpa"), cuda) == "sdpa_document_mask"
+    with pytest.raises(RuntimeError, match="FlashAttention 3's varlen kernel"):
+        D.check_document_attention(pin("fa3"), cuda)
 
 
 # ------------------------------------------------------------------ depth recurrence, lanes, gates
@@ -378,7 +391,7 @@ def test_test_recipe_renders_clean_and_ships_wrapped_within_the_records_code_byt
     wrapped = wrap_lzma_b85(frontier_script, frontier_script.splitlines()[0])
     assert wrapped.count("\n") < 10 and len(wrapped.encode()) <= 31_999  # #1855's logged compressed code bytes
     for name in ("flash_attn_3_varlen_func", "mm_leaky_relu2_kernel", "softcapped_ce_kernel", "POLAR_EXPRESS_COEFFS",
-                 "smear_previous", "parallel_block", "loop_schedule", "document_starts", "rope_tables"):
+                 "smear_previous", "parallel_block", "loop_schedule", "document_starts", "rope_frequencies"):
         assert name in frontier_script, name
 
 

@@ -55,14 +55,14 @@ def test_hparams_declared_as_upstream_defaults():
     hps = {hp.name: hp for hp in M.HPARAMS if hp.feature is None}
     expected = dict(num_layers=9, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=2, activation="relu2",
                     tie_embeddings=True, tied_embed_init_std=0.005, logit_softcap=30.0, rope_base=10000.0,
-                    qk_gain_init=1.5)
+                    qk_gain_init=1.5, attention="auto")
     assert {k: hps[k].default for k in expected} == expected
     assert set(hps) == set(expected)
     for name, hp in hps.items():
         assert hp.env == name.upper() and hp.path == f"model.{name}" and hp.feature is None
         assert type(hp.default) is hp.kind
     assert hps["activation"].choices == ("relu2", "leaky_relu2", "swiglu")
-    assert resolve(load_baseline_recipe(), hps.values()) == expected
+    assert resolve(load_baseline_recipe(), hps.values()) == expected | {"attention": "sdpa"}  # upstream runs SDPA
 
 
 def test_baseline_parameter_count_and_state_dict_layout():
@@ -168,9 +168,24 @@ def test_attention_layout_and_gqa_match_reference():
     full = M.attention(q, k, v, causal=False)
     assert not torch.allclose(full[:, 0], out[:, 0])  # the first position sees only itself when causal
     torch.testing.assert_close(full[:, -1], out[:, -1], rtol=1e-5, atol=1e-5)
-    if not torch.cuda.is_available():
-        assert M.attention_backend_name() == "sdpa"
-    assert M.attention_backend_name() in ("fa3", "fa2", "sdpa")
+
+
+@pytest.mark.parametrize("pin", ["sdpa", "fa3", "fa2", "auto"])
+def test_attention_kernel_is_pinned_and_never_falls_back_on_cuda(pin, monkeypatch):
+    args, cuda = tiny_args(attention=pin), torch.device("cuda")
+    assert M.attention_kernel(args, torch.device("cpu")) == "sdpa"  # CPU has no FlashAttention
+    fake = lambda *a, **k: None  # noqa: E731 (an installed kernel; attention_kernel never calls it)
+    for fa3, fa2, expected in ((None, None, {"sdpa": "sdpa", "auto": "sdpa"}),
+                               (None, fake, {"sdpa": "sdpa", "fa2": "fa2", "auto": "fa2"}),
+                               (fake, None, {"sdpa": "sdpa", "fa3": "fa3", "auto": "fa3"}),
+                               (fake, lambda *a, **k: None, {"sdpa": "sdpa", "fa3": "fa3", "fa2": "fa2", "auto": "fa3"})):
+        monkeypatch.setattr(M, "flash_attn_3_func", fa3)
+        monkeypatch.setattr(M, "flash_attn_2_func", fa2)
+        if pin in expected:
+            assert M.attention_kernel(args, cuda) == expected[pin]
+        else:
+            with pytest.raises(RuntimeError, match=f"ATTENTION={pin} is pinned by the recipe, but FlashAttention"):
+                M.attention_kernel(args, cuda)
 
 
 def test_gqa_projection_shapes():

@@ -40,9 +40,11 @@ TECHNIQUE_FEATURES = {  # feature -> recipe values that turn it on
     "polar_express": dict(muon_ns="polar_express"),
     "warmdown_frac": dict(warmdown_frac=0.85),
     "min_lr": dict(min_lr=0.1),
+    "untrained": dict(untrained_params="smear.gate"),
 }
 IMPLIED = {"embed_wd": {"adam_wd"}}  # EMBED_WD alone still needs the AdamW path
-ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu")
+ALL_ON = {k: v for on in TECHNIQUE_FEATURES.values() for k, v in on.items()} | dict(activation="swiglu",
+                                                                                   untrained_params="")
 
 
 
@@ -116,16 +118,18 @@ def test_hparams_declared_off_by_default():
         "muon_ns": ("MUON_NS", "train.optimizer.muon_ns", "quintic", "polar_express"),
         "warmdown_frac": ("WARMDOWN_FRAC", "train.warmdown_frac", 0.0, "warmdown_frac"),
         "min_lr": ("MIN_LR", "train.min_lr", 0.0, "min_lr"),
+        "untrained_params": ("UNTRAINED_PARAMS", "train.optimizer.untrained", "", "untrained"),
     }
     assert {n: (hp.env, hp.path, hp.default, hp.feature) for n, hp in hps.items()} == expected
     for hp in hps.values():
         assert type(hp.default) is hp.kind
-    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES)
+    # The FlashAttention kernels follow model.attention (see test_model.py).
+    assert set(M.FEATURES) | set(O.FEATURES) == set(TECHNIQUE_FEATURES) | {"flash_attn"}
 
 
 @pytest.mark.parametrize("name", sorted(TECHNIQUE_FEATURES))
 def test_each_feature_rule_is_off_by_default_and_on_alone(name):
-    values = resolve(load_baseline_recipe())
+    values = resolve(load_baseline_recipe()) | dict(attention="sdpa")
     assert not recipe_features(values) & set(TECHNIQUE_FEATURES)
     assert recipe_features(values | TECHNIQUE_FEATURES[name]) & set(TECHNIQUE_FEATURES) == {name} | IMPLIED.get(name, set())
 
@@ -560,3 +564,58 @@ def test_rendered_scripts_hold_a_technique_only_when_used(tmp_path):
 
         pyflakes.api.check(text, "train_gpt.py", Collect())
         assert warnings == []
+
+
+def test_untrained_params_stay_in_the_model_but_no_optimizer_steps_them():
+    """Seed 003's SmearGate: a parameter of the model (and its state dict) that no optimizer owns."""
+    args = make_args(smear_gate=True, untrained_params="smear.gate")
+    model = M.GPT(args)
+    optimizers, _ = O.build_optimizers(args, model)
+    owned = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
+    assert id(model.smear.gate) not in owned and "smear.gate" in model.state_dict()
+    assert owned == {id(p) for n, p in model.named_parameters() if n != "smear.gate"}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = model.smear.gate.detach().clone()
+    for opt in optimizers:
+        opt.step()
+    assert torch.equal(model.smear.gate, before)
+    with pytest.raises(ValueError, match="UNTRAINED_PARAMS names no parameter of the model: \\['smear.gat'\\]"):
+        O.build_optimizers(make_args(smear_gate=True, untrained_params="smear.gat"), model)
+
+
+def rope_for(train_len: int, yarn: bool, fp32_positions: bool) -> M.Rotary:
+    rotary = M.Rotary(16, base=10000.0).bfloat16()  # bf16 buffer, as after model.bfloat16()
+    rotary.train_seq_len, rotary.yarn, rotary.fp32_positions = train_len, yarn, fp32_positions
+    return rotary
+
+
+def test_rope_yarn_rescales_the_base_with_fp32_positions_past_its_length():
+    """One formula for the seeds (000/002) and the April records: tables built for ROPE_TRAIN_SEQ_LEN; longer
+    sequences get base * (T/len)^(d/(d-2)) recomputed in fp32. Up to the length the seeds keep the buffer's
+    dtype (bf16 positions on CUDA), the April records use fp32 positions (ROPE_FP32_POSITIONS)."""
+    cpu = torch.device("cpu")
+    seeds, april, plain = rope_for(64, True, False), rope_for(64, True, True), M.Rotary(16, base=10000.0).bfloat16()
+    for T in (32, 64):  # up to the length: the seeds' tables are the plain ones
+        assert all(torch.equal(a, b) for a, b in zip(seeds(T, cpu, torch.float32), plain(T, cpu, torch.float32)))
+        fp32 = torch.outer(torch.arange(T, dtype=torch.float32), april.inv_freq.float())
+        assert torch.equal(april(T, cpu, torch.float32)[0][0, :, 0], fp32.cos())
+    assert not torch.equal(april(64, cpu, torch.float32)[0], plain(64, cpu, torch.float32)[0])
+    base = 10000.0 * (256 / 64) ** (16 / 14)
+    inv = 1.0 / (base ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    freqs = torch.outer(torch.arange(256, dtype=torch.float32), inv)
+    for rotary in (seeds, april):
+        cos, sin = rotary(256, cpu, torch.float32)
+        assert torch.equal(cos[0, :, 0], freqs.cos()) and torch.equal(sin[0, :, 0], freqs.sin())
+    assert not torch.equal(rope_for(64, False, False)(256, cpu, torch.float32)[0], seeds(256, cpu, torch.float32)[0])
+
+
+def test_a_zero_table_draws_nothing_from_the_init_rng():
+    """As the records: BigramHash's table is zeros_(), so the layers built after it get the same draws."""
+    torch.manual_seed(3)
+    M.ScaledEmbedding(64, 16, 32, 0.0, 0.05)
+    after_zero = torch.randn(4)
+    torch.manual_seed(3)
+    torch.nn.Embedding(64, 16)  # the table's own construction draws, as in the records
+    torch.nn.Linear(16, 32, bias=False)  # the projection's kaiming init
+    assert torch.equal(after_zero, torch.randn(4))

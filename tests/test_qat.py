@@ -225,3 +225,26 @@ def test_gpt_trains_with_qat_when_the_model_side_is_wired(monkeypatch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_records_ste_on_every_linear_in_training_mode_only(monkeypatch):
+    """The records' STE (seeds 000-002 int6 with a 1/31 floor; 001 int5 MLP): every CastedLinear, levels
+    [-2^(b-1), 2^(b-1)-1], fp32 scales; evaluation sees the plain weights."""
+    args = qat_args(model_dim=64, qat_ste="records", qat_scale_floor=1 / 31, bigram_buckets=32, bigram_dim=16)
+    model = build_gpt(args, monkeypatch)
+    assert configure_qat(args, model) == 2 * 6 + 1  # the 16 -> 64 bigram projection too, whatever its size
+    w = model.blocks[0].attn.c_q.weight
+    out = fake_quantize_ste(w, 6, torch.ones(()), floor=1 / 31)
+    scale = (w.detach().abs().amax(dim=1, keepdim=True) / 31).clamp_min(1 / 31)
+    steps = (out.detach() / scale).round()
+    assert float(steps.min()) >= -32 and float(steps.max()) <= 31
+    torch.testing.assert_close(out.detach(), steps * scale, rtol=0, atol=1e-7)
+    x = torch.randn(2, 64)
+    layer = model.blocks[0].attn.c_q
+    set_qat(model, True)
+    trained = layer(x)
+    layer.eval()
+    assert torch.equal(layer(x), F.linear(x, w)) and not torch.equal(trained, F.linear(x, w))
+    with pytest.raises(ValueError, match="differ from the export"):  # the export's STE must match the export
+        configure_qat(qat_args(bits_mlp=6), build_gpt(qat_args(bits_mlp=6), monkeypatch))
+    configure_qat(qat_args(bits_mlp=6, qat_ste="records"), build_gpt(qat_args(bits_mlp=6), monkeypatch))

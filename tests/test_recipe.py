@@ -102,6 +102,8 @@ def test_duplicate_key(tmp_path):
     ("model.ve_layers", "1,1", "ve_layers must be distinct layer indices"),
     ("model.bigram_buckets", 1, "bigram_buckets must be 0 \\(off\\) or at least 2"),
     ("eval.sliding_stride", 2048, "sliding_stride 2048 must be at most the eval sequence length 1024"),
+    ("eval.passes", "sliding", "eval.passes: eval.passes 'sliding' must name each of roundtrip at most once"),
+    ("eval.passes", "roundtrip,roundtrip", "must name each of roundtrip at most once"),
 ])
 def test_cross_field_and_enum_rules(tmp_path, key, value, message):
     with pytest.raises(UserError, match=message):

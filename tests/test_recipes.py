@@ -12,14 +12,12 @@ from click.testing import CliRunner
 
 from packager.cli import pack
 from packager.recipe import load_recipe
-from packager.render import MAX_LINES, render_script
+from packager.render import MAX_LINES, render_script, shipped_lines
 from packager.wrap import wrap_lzma_b85
 
 ROOT = Path(__file__).resolve().parents[1]
-# The April frontier recipes (wrapped, vocab 8192, CaseOps data) have their own tests:
-# tests/test_frontier_recipes.py.
-FRONTIER = {"lqer_sparsegate_bossmearfix_1855", "smeargate_bosfix_3seed_1868"}
-RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if p.stem not in FRONTIER)
+# The April frontier recipes' techniques and CPU runs: tests/test_frontier_recipes.py.
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 SEEDS = [p for p in RECIPES if p.stem != "naive_baseline"]
 
 # Parameters of each recipe's full-size model, as rendered. Pinned: a change here is a
@@ -28,9 +26,12 @@ PARAMS = {
     "naive_baseline": 17_059_912,
     "qat_bigramhash12k_stride32": 25_779_281,
     "two_phase_ttt": 26_993_756,
+    "two_phase_ttt_as_submitted": 26_993_756,
     "legal_score_first_ttt": 26_993_756,
     "illegal_pre_eval_ttt": 26_993_756,
     "lora_ttt_swiglu_1xh100": 26_502_232,
+    "lqer_sparsegate_bossmearfix_1855": 35_945_671,  # both records log model_params:35945671
+    "smeargate_bosfix_3seed_1868": 35_945_671,
 }
 
 # The eval path whose score each recipe reports (its last final line).
@@ -38,9 +39,12 @@ FINAL_LINE = {
     "naive_baseline": "final_int8_zlib_roundtrip",
     "qat_bigramhash12k_stride32": "final_sliding_window",
     "two_phase_ttt": "final_ttt_two_phase",
+    "two_phase_ttt_as_submitted": "final_ttt_two_phase_pre_eval",
     "legal_score_first_ttt": "legal_ttt",
-    "lora_ttt_swiglu_1xh100": "final_ttt_lora",
+    "lora_ttt_swiglu_1xh100": "final_ttt",
     "illegal_pre_eval_ttt": "final_ttt_pre_eval",
+    "lqer_sparsegate_bossmearfix_1855": "quantized_ttt_phased",
+    "smeargate_bosfix_3seed_1868": "quantized_ttt_phased",
 }
 
 
@@ -58,7 +62,7 @@ def scripts() -> dict[str, str]:
     return {p.stem: render_script(load_recipe(p)) for p in RECIPES}
 
 
-def test_all_six_recipes_exist():
+def test_every_recipe_is_listed():
     assert set(FINAL_LINE) == {p.stem for p in RECIPES}
 
 
@@ -68,7 +72,7 @@ def test_renders_short_clean_and_deterministic(recipe, scripts):
     from pyflakes.reporter import Reporter
 
     text = scripts[recipe]
-    assert text.count("\n") <= MAX_LINES
+    assert shipped_lines(text, load_recipe(ROOT / "recipes" / f"{recipe}.yaml")) <= MAX_LINES
     out = io.StringIO()
     assert check(text, "train_gpt.py", Reporter(out, out)) == 0, out.getvalue()
     assert render_script(load_recipe(ROOT / "recipes" / f"{recipe}.yaml")) == text
@@ -79,6 +83,30 @@ def test_wrapped_seed_script_is_at_most_30_percent(recipe, scripts):
     text = scripts[recipe]
     wrapped = wrap_lzma_b85(text, text.splitlines()[0])
     assert len(wrapped.encode()) <= 0.30 * len(text.encode()), (len(wrapped), len(text))
+
+
+# Bytes of the script each seed record shipped (../shared/seeds/records/*/train_gpt.py; recipes/SOURCES.md).
+RECORD_CODE_BYTES = {"qat_bigramhash12k_stride32": 53_849, "legal_score_first_ttt": 74_001,
+                     "illegal_pre_eval_ttt": 71_596, "two_phase_ttt": 68_424, "two_phase_ttt_as_submitted": 68_424,
+                     "lora_ttt_swiglu_1xh100": 65_338}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECORD_CODE_BYTES))
+def test_shipped_code_is_no_larger_than_the_records_script(recipe, scripts):
+    """Code bytes count toward the artifact: a seed recipe ships its script wrapped, and smaller than the record's."""
+    assert load_recipe(ROOT / "recipes" / f"{recipe}.yaml").data["code"]["wrap"] == "lzma_b85"
+    text = scripts[recipe]
+    assert len(wrap_lzma_b85(text, text.splitlines()[0]).encode()) < RECORD_CODE_BYTES[recipe]
+
+
+def test_record_code_bytes_are_the_shared_scripts():
+    from packager.parity.seeds import SEEDS
+
+    shared = ROOT.parent / "shared"
+    if not (shared / "seeds" / "records").is_dir():
+        pytest.skip("../shared/seeds/records is not present beside the repository")
+    for recipe, n in RECORD_CODE_BYTES.items():
+        assert (shared / SEEDS[recipe].script).stat().st_size == n, recipe
 
 
 @pytest.mark.parametrize("recipe", [p.stem for p in RECIPES])
@@ -97,11 +125,13 @@ def test_pre_eval_readme_says_not_allowed(tmp_path):
     assert "not allowed for records" in (folder / "README.md").read_text().lower()
 
 
-def test_pre_eval_is_refused_on_the_record_track(tmp_path):
-    data = yaml.safe_load((ROOT / "recipes" / "illegal_pre_eval_ttt.yaml").read_text())
+@pytest.mark.parametrize("recipe,mode", [("illegal_pre_eval_ttt", "pre_eval"),
+                                         ("two_phase_ttt_as_submitted", "two_phase_pre_eval")])
+def test_pre_eval_is_refused_on_the_record_track(recipe, mode, tmp_path):
+    data = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
     data["identity"]["track"] = "10min_16mb"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(pack, [str(bad), "--records", str(tmp_path / "records")])
-    assert result.exit_code == 2 and "ttt.mode: pre_eval TTT trains on validation tokens" in result.output
+    assert result.exit_code == 2 and f"ttt.mode: {mode} TTT trains on validation tokens" in result.output
     assert not (tmp_path / "records").exists()

@@ -55,7 +55,7 @@ def problems_of(folder: Path) -> list[str]:
             out.append(f"{name}: seed logs present but submission.json says {sub.get('status')!r}")
     elif sub.get("status") != "pending" or [f.severity for f in pending] != ["info"]:
         out.append(f"{name}: no seed logs, but golf-verify does not report the folder as pending")
-    illegal = load_recipe(folder / "recipe.yaml").values.get("ttt_mode") == "pre_eval"
+    illegal = load_recipe(folder / "recipe.yaml").values.get("ttt_mode") in ("pre_eval", "two_phase_pre_eval")
     if illegal and not any(f.check == "ttt.static" for f in errors):
         out.append(f"{name}: pre-eval TTT recipe not rejected by golf-verify's ttt.static")
     return out

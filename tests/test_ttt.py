@@ -30,10 +30,18 @@ MODES = {
     "chunked": dict(ttt_mode="chunked", ttt_epochs=2, ttt_lr=0.02, ttt_cosine=True, ttt_freeze_blocks=1),
     "two_phase": dict(ttt_mode="two_phase", ttt_phase1_epochs=2, ttt_phase1_lr=0.01, ttt_phase2_epochs=2, ttt_cosine=True,
                       ttt_phase2_lr=0.01, ttt_phase2_last_k=1),
-    "pre_eval": dict(ttt_mode="pre_eval", ttt_epochs=2, ttt_lr=0.02, ttt_allow_illegal=True),
+    "pre_eval": dict(ttt_mode="pre_eval", ttt_epochs=2, ttt_lr=0.02, ttt_allow_illegal=True,
+                     ttt_lr_groups="mlp.proj:3,mlp.fc:0.5", ttt_cosine=True),
+    "two_phase_pre_eval": dict(ttt_mode="two_phase_pre_eval", ttt_phase1_epochs=2, ttt_phase1_lr=0.01,
+                               ttt_phase2_epochs=2, ttt_phase2_lr=0.01, ttt_phase2_last_k=1, ttt_cosine=True,
+                               ttt_allow_illegal=True),
+    "lora_chunks": dict(ttt_mode="lora_chunks", ttt_chunk_len=16, ttt_lora_rank=4, ttt_lora_lr=0.02,
+                        ttt_lora_targets="q,v", ttt_min_doc_len=20),
 }
 LABELS = {"lora": "final_ttt_lora", "chunked": "legal_ttt", "two_phase": "final_ttt_two_phase",
-          "pre_eval": "final_ttt_pre_eval"}
+          "pre_eval": "final_ttt_pre_eval", "two_phase_pre_eval": "final_ttt_two_phase_pre_eval",
+          "lora_chunks": "final_ttt"}
+ILLEGAL = ("pre_eval", "two_phase_pre_eval")
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +74,7 @@ def run_ttt(args, state, tokens, probe_dir: Path, monkeypatch, rank=0, world_siz
     model.load_state_dict(state)
     logs: list[str] = []
     ledger = Ledger(rank, tokens.numel())
+    torch.manual_seed(0)  # seed 003's adapters and seed 000's batch order come from the global RNG
     label, loss, bpb = eval_ttt(args, model, rank, world_size, CPU, tokens, fake_luts(), logs.append, ledger)
     ledger.write()
     runs = read_ledger(probe_dir, rank)["runs"]
@@ -94,13 +103,15 @@ def test_causality_legal_variants_and_pre_eval_breaks_it(mode, trained_model, tm
     before = scored_nll(run, N_TOKENS)[1 : p + 1]
     after = scored_nll(run_b, N_TOKENS)[1 : p + 1]
     assert not bool(before.isnan().any())
-    if mode == "pre_eval":
+    if mode in ILLEGAL:
         assert not torch.equal(before, after)
         assert "step" in run["events"][0], "pre-eval TTT steps before its first score"
         return
     assert torch.equal(before, after)
     check_score_first(run, N_TOKENS)
-    assert loss == pytest.approx(float(scored_nll(run, N_TOKENS)[1:].mean()), rel=1e-9)
+    # lora_chunks scores each chunk as seed 003 does, mean NLL x tokens: equal to the per-token sum up to fp32.
+    rel = 1e-6 if mode == "lora_chunks" else 1e-9
+    assert loss == pytest.approx(float(scored_nll(run, N_TOKENS)[1:].mean()), rel=rel)
 
 
 # ---------------------------------------------------------------- LoRA
@@ -196,20 +207,20 @@ def test_two_phase_counts_parameters_and_logs_them(trained_model, tmp_path, monk
     args = ttt_args("two_phase")
     model = GPT(args)
     phase1, phase2, head = two_phase_params(args, model)
-    dim, heads = 32, 2
-    per_block = heads + dim + dim + 2 * dim  # q_gain, attn_scale, mlp_scale, resid_mix
-    assert sum(p.numel() for p in phase1) == 2 * per_block + dim  # + skip_weights (1 x dim)
+    dim = 32
+    per_block = dim + dim + 2 * dim  # seed 000's selectors: attn_scale, mlp_scale, resid_mix (not q_gain)
+    assert sum(p.numel() for p in phase1) == 2 * per_block  # no skip_weights either
     last_block = sum(p.numel() for p in model.blocks[1].parameters())
-    assert sum(p.numel() for p in phase2) == last_block + per_block + dim + VOCAB * dim
+    assert sum(p.numel() for p in phase2) == last_block + per_block + VOCAB * dim
     assert head == "tok_emb (tied embeddings)" and any(p is model.tok_emb.weight for p in phase2)
     everything = two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=5), model)[1]
-    assert {id(p) for p in everything} == {id(p) for p in model.parameters()}
+    assert {id(p) for p in everything} == {id(p) for n, p in model.named_parameters() if n != "skip_weights"}
     assert len(two_phase_params(ttt_args("two_phase", ttt_phase2_last_k=0), model)[1]) == len(phase1) + 1
     untied = tiny_args(**{**COMMON, **MODES["two_phase"], "tie_embeddings": False})
     assert two_phase_params(untied, GPT(untied))[2] == "lm_head"
     _, _, _, run, logs, _ = run_ttt(args, state, synthetic_tokens(N_TOKENS, seed=15), tmp_path, monkeypatch)
     line = next(l for l in logs if l.startswith("ttt_two_phase:"))
-    assert f"phase1 tensors:{len(phase1)} params:{2 * per_block + dim} " in line and "head:tok_emb" in line
+    assert f"phase1 tensors:{len(phase1)} params:{2 * per_block} " in line and "head:tok_emb" in line
     check_score_first(run, N_TOKENS)
 
 
@@ -251,6 +262,67 @@ def test_pre_eval_needs_the_illegal_flag_and_warns(trained_model, tmp_path, monk
     assert any("WARNING" in l and "not allowed" in l for l in logs)
     first_score = next(i for i, e in enumerate(run["events"]) if "score" in e)
     assert first_score > 0 and all("step" in e for e in run["events"][:first_score])
+
+
+def test_pre_eval_lr_groups_and_seed_000_phases_as_submitted(trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=19)
+    frozen = run_ttt(ttt_args("pre_eval", ttt_lr_groups="mlp.proj:0"), state, tokens, tmp_path / "a", monkeypatch)[-1]
+    after = frozen.state_dict()
+    for name in state:  # an LR multiplier of 0 leaves mlp.proj as it was; everything else moved
+        assert torch.equal(after[name], state[name]) == ("mlp.proj" in name), name
+    args = ttt_args("two_phase_pre_eval")  # its batch order (torch.randperm per epoch) comes from the global RNG
+    first = run_ttt(args, state, tokens, tmp_path / "b", monkeypatch)
+    again = run_ttt(args, state, tokens, tmp_path / "c", monkeypatch)
+    assert first[1:3] == again[1:3] and first[3] == again[3]
+    steps = [e for e in first[3]["events"] if "step" in e]
+    usable = (N_TOKENS - 1) // SEQ_LEN // 4 * 4  # whole batches of TTT_BATCH_SEQS sequences
+    assert len(steps) == (2 + 2) * usable // 4 and all("step" in e for e in first[3]["events"][: len(steps)])
+    model = first[-1].state_dict()
+    assert torch.equal(model["blocks.0.attn.c_q.weight"], state["blocks.0.attn.c_q.weight"])  # not in phase 2's
+    assert not torch.equal(model["blocks.1.attn.c_q.weight"], state["blocks.1.attn.c_q.weight"])  # last block
+
+
+@pytest.mark.parametrize("score_all", [True, False])
+def test_lora_chunks_scores_every_target_or_the_records_subset(score_all, trained_model, tmp_path, monkeypatch):
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=20)
+    tokens[400:403] = BOS  # documents of 1 and 2 tokens
+    args = ttt_args("lora_chunks", ttt_score_all=score_all)
+    run = run_ttt(args, state, tokens, tmp_path, monkeypatch)[3]
+    scored = sorted(t for e in run["events"] if "score" in e for t in range(*e["score"]))
+    ids = tokens.to(torch.int64)
+    if score_all:
+        assert scored == list(range(1, N_TOKENS))
+        return
+    bos = (ids == BOS).nonzero().flatten().tolist()
+    expected = []  # seed 003: BOS to the next BOS (not predicted), documents of >= 5 tokens, no 1-token last chunk
+    for lo, hi in zip(bos, bos[1:] + [N_TOKENS]):
+        n = hi - lo - 1
+        if hi - lo >= 5:
+            keep = n if n + 1 < args.ttt_min_doc_len or n % args.ttt_chunk_len != 1 else n - 1
+            expected += list(range(lo + 1, lo + 1 + keep))
+    assert scored == expected and len(scored) <= N_TOKENS - len(bos)  # each document but the last drops a target
+
+
+def test_ttt_qat_fake_quantizes_the_ttt_steps_only(trained_model, tmp_path, monkeypatch):
+    """Seeds 000/002: TTT trains through the records' STE; scoring still sees the plain weights."""
+    from packager.runtime.qat import configure_qat
+
+    _, state = trained_model
+    tokens = synthetic_tokens(N_TOKENS, seed=21)
+    results = {}
+    for on in (False, True):
+        args = ttt_args("chunked", ttt_qat=on, qat_bits_mlp=6, qat_bits_attn=6, qat_ste="records",
+                        qat_scale_floor=1 / 31)
+        model = GPT(args)
+        model.load_state_dict(state)
+        configure_qat(args, model)
+        monkeypatch.setenv("GOLF_PROBE_DIR", str(tmp_path / str(on)))
+        results[on] = eval_ttt(args, model, 0, 1, CPU, tokens, fake_luts(), print, Ledger(0, tokens.numel()))
+    assert results[False] != results[True]
+    plain = run_ttt(ttt_args("chunked"), state, tokens, tmp_path / "plain", monkeypatch)
+    assert plain[:3] == results[False]  # configured but off: exactly no QAT
 
 
 def test_unbuilt_mode_is_an_error(trained_model):

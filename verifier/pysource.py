@@ -312,3 +312,14 @@ def parse(text: str) -> Parsed:
     except (ValueError, RecursionError, MemoryError) as exc:
         return Parsed(None, f"cannot be read as Python: {type(exc).__name__} ({GRAMMAR})")
     return Parsed(tree)
+
+
+def drop_docstrings(tree: ast.AST) -> ast.AST:
+    """The tree with the docstrings of its module, classes and functions removed (in place)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree

@@ -181,15 +181,20 @@ def cross_field_rules(recipe: Recipe) -> list[tuple[str, str]]:
     if v.get("ttt_mode") == "lora" and v.get("ttt_chunk_len", 0) > eval_len:
         out.append(("ttt.chunk_len", f"chunk_len {v['ttt_chunk_len']} must be at most the eval sequence length "
                                      f"{eval_len}: a longer chunk would leave tokens unscored"))
-    if v.get("ttt_mode") == "pre_eval":
+    if v.get("ttt_mode") in ("pre_eval", "two_phase_pre_eval"):
         allowed = recipe.data.get("ttt", {}).get("allow_illegal_ttt", False)
         if recipe.track != "non_record_16mb" or not allowed:
-            out.append(("ttt.mode", "pre_eval TTT trains on validation tokens before scoring them, which the "
+            out.append(("ttt.mode", f"{v['ttt_mode']} TTT trains on validation tokens before scoring them, which the "
                                     "rules forbid; it renders only with identity.track non_record_16mb and "
                                     "ttt.allow_illegal_ttt: true"))
     if v.get("compressor") == "pergroup" and not v.get("gptq"):
         out.append(("export.compressor", "compressor pergroup packs the levels of a GPTQ export: set export.gptq: true"))
     out += frontier_rules(v)
+    built = ["roundtrip"] + ["sliding"] * (stride > 0) + ["ttt"] * (v.get("ttt_mode", "none") != "none")
+    passes = [p.strip() for p in v.get("eval_passes", "").split(",") if p.strip()]
+    if [p for p in built if p in passes] != passes:
+        out.append(("eval.passes", f"eval.passes {v['eval_passes']!r} must name each of {', '.join(built)} at most "
+                                   "once, in this order (sliding needs eval.sliding_stride, ttt a ttt.mode)"))
     if len(set(recipe.seeds)) != len(recipe.seeds):
         out.append(("seeds", "seeds must be distinct"))
     return out + track_limits(recipe)

@@ -32,6 +32,8 @@ HPARAMS = (
        doc="snapshot every N steps (0: no SWA; ignored when EMA is on)", smoke=2),
     HP("swa_start_frac", "SWA_START_FRAC", "train.averaging.swa_start_frac", float, 0.4, feature="swa",
        minimum=0.0, doc="snapshot only while the LR multiplier is below this (0.2: tight SWA)"),
+    HP("swa_dtype", "SWA_DTYPE", "train.averaging.swa_dtype", str, "fp32", feature="swa", choices=("fp32", "param"),
+       doc="sum of the snapshots in fp32, or in each parameter's dtype (bf16 embeddings on CUDA; seeds 000, 001)"),
 )
 
 
@@ -64,14 +66,15 @@ class SwaAverager:
 
     def __init__(self, args, model):
         self.every, self.below, self.count, self.first = args.swa_every, args.swa_start_frac, 0, None
-        self.total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in model.named_parameters()}
+        self.total = {name: torch.zeros_like(p, dtype=torch.float32 if args.swa_dtype == "fp32" else p.dtype)
+                      for name, p in model.named_parameters()}
 
     @torch.no_grad()
     def after_step(self, model, step: int, lr_scale: float) -> None:
         if lr_scale >= self.below or step % self.every:
             return
         for name, p in model.named_parameters():
-            self.total[name].add_(p.detach().float())
+            self.total[name].add_(p.detach().to(self.total[name].dtype))
         self.count, self.first = self.count + 1, self.first or step
 
     @torch.no_grad()

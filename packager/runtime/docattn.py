@@ -4,9 +4,10 @@ Every document in the challenge's shards starts with a BOS token. A batch is cut
 every row start, every BOS and every max_len tokens into a document (the #1530 lineage packs a
 rank's whole span into one row, and a long document trains as chunks of TRAIN_SEQ_LEN); the
 segment starts, padded to a multiple of 64 so that torch.compile sees few shapes, are the
-`cu_seqlens` of FlashAttention's varlen kernels (FA3, else FA2). Where flash-attn cannot run (CPU,
-fp32) the exact twin is SDPA with the block-diagonal causal mask of the same segments; it
-materializes a T x T mask per row, so on CUDA a recipe with per-document attention needs flash-attn
+`cu_seqlens` of FlashAttention's varlen kernels (the recipe's ATTENTION pin: fa3, fa2, auto = FA3,
+else FA2). Where flash-attn cannot run (CPU, fp32) or ATTENTION=sdpa is pinned, the exact twin is
+SDPA with the block-diagonal causal mask of the same segments; it materializes a T x T mask per row,
+so on CUDA a recipe with per-document attention and a FlashAttention pin (or auto) needs flash-attn
 and says so at start instead of falling back.
 """
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from packager.runtime.data import BOS_ID, DistributedTokenLoader
-from packager.runtime.features import HP
+from packager.runtime.features import HP, feature
 
 try:
     from flash_attn_interface import flash_attn_varlen_func as flash_attn_3_varlen_func
@@ -64,19 +65,18 @@ def document_mask(cu_seqlens: Tensor, batch: int, seq_len: int) -> Tensor:
     return ((seg[:, :, None] == seg[:, None, :]) & causal)[:, None]
 
 
-def document_attention_backend() -> str:
-    if torch.cuda.is_available() and flash_attn_3_varlen_func is not None:
-        return "fa3_varlen"
-    if torch.cuda.is_available() and flash_attn_2_varlen_func is not None:
-        return "fa2_varlen"
-    return "sdpa_document_mask"
+def varlen_kernel(kernel: str):
+    """The installed FlashAttention varlen function of the recipe's pin (fa3, fa2; auto: FA3, else FA2), or None."""
+    return (flash_attn_3_varlen_func if kernel in ("fa3", "auto") else None) or (
+        flash_attn_2_varlen_func if kernel in ("fa2", "auto") else None)
 
 
-def document_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
-    """Causal attention inside the segments of cu_seqlens (over the B*T tokens); (B, T, H, D) in and out."""
+def document_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int, kernel: str = "sdpa") -> Tensor:
+    """Causal attention inside the segments of cu_seqlens (over the B*T tokens); (B, T, H, D) in and out.
+    `kernel` is the recipe's pin: FlashAttention's varlen kernel for CUDA half-precision inputs, else the SDPA twin."""
     B, T, H, D = q.shape
-    if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16):
-        varlen = flash_attn_3_varlen_func if flash_attn_3_varlen_func is not None else flash_attn_2_varlen_func
+    if feature("flash_attn"):
+        varlen = varlen_kernel(kernel) if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16) else None
         if varlen is not None:
             longest = min(T, max_len)  # segments never exceed max_len tokens (document_starts)
             out = varlen(q.reshape(B * T, H, D).to(v.dtype), k.reshape(B * T, -1, D).to(v.dtype),
@@ -89,13 +89,19 @@ def document_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_
     return y.transpose(1, 2)
 
 
-def check_document_attention(device: torch.device) -> str:
-    """The kernel per-document attention will use; on CUDA without flash-attn, an error (no silent fallback)."""
-    backend = document_attention_backend()
-    if device.type == "cuda" and backend == "sdpa_document_mask":
-        raise RuntimeError("DOC_ATTENTION=1 on CUDA needs flash-attn's varlen kernel (flash_attn_interface or "
-                           "flash_attn); install it, or set DOC_ATTENTION=0")
-    return backend
+def check_document_attention(args, device: torch.device) -> str:
+    """The kernel per-document attention will use. On CUDA a pinned fa3/fa2 without its varlen kernel is an
+    error, and so is auto without flash-attn (the masked twin is T x T per row); an sdpa pin runs the twin."""
+    if feature("flash_attn"):
+        varlen = varlen_kernel(args.attention) if device.type == "cuda" else None
+        if varlen is not None:
+            return "fa3_varlen" if varlen is flash_attn_3_varlen_func else "fa2_varlen"
+        if device.type == "cuda" and args.attention != "sdpa":
+            wanted = {"fa3": "FlashAttention 3's", "fa2": "FlashAttention 2's"}.get(args.attention, "flash-attn's")
+            raise RuntimeError(f"DOC_ATTENTION=1 with ATTENTION={args.attention} on CUDA needs {wanted} varlen kernel "
+                               "(flash_attn_interface or flash_attn); install it, or set ATTENTION=sdpa (masked SDPA, "
+                               "slow) or DOC_ATTENTION=0")
+    return "sdpa_document_mask"
 
 
 class DocumentTokenLoader(DistributedTokenLoader):

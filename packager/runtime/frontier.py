@@ -16,7 +16,8 @@ The April records (#1530 -> #1855 / #1868) share these blocks, each behind the e
   document's last token;
 - RoPE tables as these records build them (ROPE_TRAIN_SEQ_LEN, ROPE_YARN): fp32 positions (packed
   rows are long) and, with YaRN, the base stretched by (T / train_len)^(d / (d - 2)) past the
-  training length.
+  training length (the March seeds' NTK scaling too: ROPE_TRAIN_SEQ_LEN=1024, ROPE_YARN=1, with
+  ROPE_FP32_POSITIONS=0 for their bf16 positions below it).
 Parameter names follow the records (skip_gates, parallel_post_lambdas, parallel_resid_lambdas,
 smear_gate, smear_lambda, attn_gate_w, attn_gate_proj), so state dicts map one to one.
 """
@@ -44,7 +45,7 @@ FEATURES = {
     "gate_window": ("the narrow gates read the first gate_window residual dims",
                     "attn_out_gate or sparse_attn_gate or smear_gate_v2"),
     "smear_gate_v2": ("SmearGate v2: input-dependent smear of the previous token, masked at BOS", "smear_gate_v2"),
-    "rope_train_len": ("RoPE with fp32 positions, YaRN base rescale past rope_train_seq_len",
+    "rope_train_len": ("RoPE built for rope_train_seq_len: fp32 positions, YaRN/NTK base rescale past it",
                        "rope_train_seq_len > 0"),
 }
 
@@ -88,6 +89,9 @@ HPARAMS = (
        minimum=0, doc="RoPE's training length: fp32 positions; YaRN rescales past it (0: the baseline tables)"),
     HP("rope_yarn", "ROPE_YARN", "model.rope_yarn", bool, False, feature="rope_train_len",
        doc="YaRN/NTK: base * (T / rope_train_seq_len)^(d / (d - 2)) for sequences longer than that"),
+    HP("rope_fp32_positions", "ROPE_FP32_POSITIONS", "model.rope_fp32_positions", bool, True,
+       feature="rope_train_len", doc="positions in fp32 up to rope_train_seq_len (the April records); false: in "
+       "the RoPE buffer's dtype, bf16 after model.bfloat16() (seeds 000, 002)"),
 )
 
 
@@ -217,13 +221,13 @@ def smear_previous(model, x: Tensor, input_ids: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- RoPE tables
 
-def rope_tables(rotary, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin (1, T, 1, d/2) from fp32 positions; with YaRN past the training length the base grows by
-    s^(d/(d-2)), s = T / train_len, i.e. frequency i is scaled by s^(-2i/(d-2))."""
-    inv_freq = rotary.inv_freq.float().to(device)
+def rope_frequencies(rotary, seq_len: int, inv_freq: Tensor) -> Tensor:
+    """The frequencies of a Rotary built for rotary.train_seq_len (the seeds and the April records alike).
+    Past that length with YaRN/NTK the base grows to base * s^(d/(d-2)), s = T / train_len, and the
+    frequencies are recomputed in fp32 from it; below it they are the buffer's, in fp32 (the April
+    records, fp32 positions) or, without fp32_positions, in its dtype (bf16 after model.bfloat16(): seeds 000, 002)."""
     if rotary.yarn and seq_len > rotary.train_seq_len:
         d = 2 * inv_freq.numel()
-        i = torch.arange(inv_freq.numel(), device=device, dtype=torch.float32)
-        inv_freq = inv_freq * (seq_len / rotary.train_seq_len) ** (-2.0 * i / (d - 2))
-    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)[None, :, None, :]
-    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+        base = rotary.base * (seq_len / rotary.train_seq_len) ** (d / (d - 2))
+        return 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=inv_freq.device) / d))
+    return inv_freq.float() if rotary.fp32_positions else inv_freq

@@ -22,7 +22,7 @@ from packager.runtime.docattn import document_attention
 from packager.runtime.features import HP, feature
 from packager.runtime.frontier import (
     final_lane, gate_heads, gate_skip, init_head_gate, init_parallel_lanes, init_smear_v2, loop_schedule,
-    parallel_block, rope_tables, smear_previous,
+    parallel_block, rope_frequencies, smear_previous,
 )
 from packager.runtime.kernels import FusedLeakyReLU2MLP, SoftcappedCrossEntropy
 from packager.runtime.qat import fake_quantize_ste
@@ -47,6 +47,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "value_embed": ("shared value embedding added to the values of ve_layers", "ve_layers != ''"),
     "no_unet": ("a plain stack without the U-Net skip connections", "not unet_skips"),
     "ortho_init": ("orthogonal init of the matrices", "ortho_init"),
+    "flash_attn": ("FlashAttention 3 or 2 for bf16 attention on CUDA", "attention != 'sdpa'"),
 }
 
 HPARAMS = (
@@ -64,6 +65,8 @@ HPARAMS = (
        doc="logits = cap * tanh(logits / cap)"),
     HP("rope_base", "ROPE_BASE", "model.rope_base", float, 10000.0, doc="RoPE frequency base"),
     HP("qk_gain_init", "QK_GAIN_INIT", "model.qk_gain_init", float, 1.5, doc="initial per-head query gain"),
+    HP("attention", "ATTENTION", "model.attention", str, "auto", choices=("auto", "sdpa", "fa3", "fa2"),
+       doc="attention kernel for bf16 on CUDA: a pinned fa3/fa2 that is missing is an error; auto: FA3 > FA2 > SDPA"),
     HP("xsa_last_n", "XSA_LAST_N", "model.xsa_last_n", int, 0, feature="xsa",
        doc="exclusive self-attention on the last N blocks (0: none)", minimum=0, smoke=1),
     HP("rope_dims", "ROPE_DIMS", "model.rope_dims", int, 0, feature="partial_rope",
@@ -94,18 +97,17 @@ CONTROL_TENSOR_NAME_PATTERNS = (
 )
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, kernel: str = "sdpa") -> Tensor:
     """Softmax attention on (B, T, H, D) tensors; k and v may have fewer heads (GQA).
 
-    FlashAttention 3, else 2, on CUDA half-precision inputs (bf16 autocast); torch SDPA
-    otherwise (CPU, fp32 on CUDA). Returns (B, T, H, D).
+    `kernel` (the recipe's `attention`) picks FlashAttention for CUDA half-precision inputs (bf16
+    autocast); everything else (CPU, fp32) runs torch SDPA. Returns (B, T, H, D).
     """
-    if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16):
-        fa = flash_attn_3_func if flash_attn_3_func is not None else flash_attn_2_func
+    if feature("flash_attn"):
+        fa = flash_kernel(kernel) if q.is_cuda and v.dtype in (torch.bfloat16, torch.float16) else None
         if fa is not None:
             out = fa(q.to(v.dtype), k.to(v.dtype), v, causal=causal)
-            # Older FA3 builds return (out, softmax_lse).
-            return out[0] if isinstance(out, tuple) else out
+            return out[0] if isinstance(out, tuple) else out  # older FA3 builds return (out, softmax_lse)
     y = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         is_causal=causal, enable_gqa=k.size(2) != q.size(2),
@@ -113,13 +115,26 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> Tensor:
     return y.transpose(1, 2)
 
 
-def attention_backend_name() -> str:
-    """The kernel `attention` uses for bf16 CUDA inputs here: "fa3", "fa2" or "sdpa"."""
-    if torch.cuda.is_available() and flash_attn_3_func is not None:
-        return "fa3"
-    if torch.cuda.is_available() and flash_attn_2_func is not None:
-        return "fa2"
-    return "sdpa"
+def flash_kernel(kernel: str):
+    """The installed FlashAttention function of a pin (fa3, fa2; auto: FA3, else FA2), or None."""
+    return (flash_attn_3_func if kernel in ("fa3", "auto") else None) or (
+        flash_attn_2_func if kernel in ("fa2", "auto") else None)
+
+
+def attention_kernel(args, device: torch.device) -> str:
+    """The kernel `attention` runs for bf16 inputs on `device`: "fa3", "fa2" or "sdpa". CPU has no
+    FlashAttention; on CUDA a pinned kernel that is not installed is an error, never a fallback."""
+    if feature("flash_attn"):
+        fa = flash_kernel(args.attention) if device.type == "cuda" else None
+        if fa is None and device.type == "cuda" and args.attention in ("fa3", "fa2"):
+            raise RuntimeError(f"ATTENTION={args.attention} is pinned by the recipe, but FlashAttention "
+                               f"{args.attention[-1]} is not installed; install it, or run ATTENTION=sdpa knowing "
+                               "the step time will differ")
+        return "sdpa" if fa is None else "fa3" if fa is flash_attn_3_func else "fa2"
+    else:
+        if args.attention != "sdpa":
+            raise ValueError(f"ATTENTION={args.attention}: this script has no FlashAttention (its recipe pins sdpa)")
+        return "sdpa"
 
 
 class RMSNorm(nn.Module):
@@ -136,13 +151,13 @@ class RMSNorm(nn.Module):
 class CastedLinear(nn.Linear):
     """Linear whose weight stays fp32 (for the optimizer) and is cast to the input dtype."""
     if feature("qat"):
-        qat_bits = 0  # > 0 (set by configure_qat): forward fake-quantizes the weight while qat_gate is on
+        qat_bits, qat_floor = 0, None  # set by configure_qat: training forwards fake-quantize while qat_gate is on
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if feature("qat"):
-            if self.qat_bits:  # quantized from the fp32 weight, as the export sees it, then cast
-                w = fake_quantize_ste(w, self.qat_bits, self.qat_gate)
+            if self.qat_bits and self.training:  # quantized from the fp32 weight, as the export sees it, then cast
+                w = fake_quantize_ste(w, self.qat_bits, self.qat_gate, self.qat_floor)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w.to(x.dtype), bias)
 
@@ -164,17 +179,19 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if feature("rope_train_len"):
-            self.train_seq_len, self.yarn = 0, False  # set by CausalSelfAttention from the recipe
+            # Set by CausalSelfAttention from the recipe (ROPE_TRAIN_SEQ_LEN, ROPE_YARN, ROPE_FP32_POSITIONS).
+            self.base, self.train_seq_len, self.yarn, self.fp32_positions = base, 0, False, True
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if feature("rope_train_len"):
-            if self.train_seq_len:  # the April records' tables: fp32 positions, YaRN past train_seq_len
-                return rope_tables(self, seq_len, device, dtype)
         # Recomputed per call (cheap, fused under compile): a cache would hold inference tensors
         # after an inference_mode eval and break a later training step (TTT). Positions take
         # inv_freq's dtype as upstream does, so after model.bfloat16() they are bf16-rounded.
-        pos = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-        freqs = torch.outer(pos, self.inv_freq.to(device))[None, :, None, :]
+        inv_freq = self.inv_freq.to(device)
+        if feature("rope_train_len"):
+            if self.train_seq_len:  # the records' tables: YaRN/NTK past train_seq_len, fp32 positions
+                inv_freq = rope_frequencies(self, seq_len, inv_freq)
+        pos = torch.arange(seq_len, device=device, dtype=inv_freq.dtype)
+        freqs = torch.outer(pos, inv_freq)[None, :, None, :]
         return freqs.cos().to(dtype), freqs.sin().to(dtype)
 
 
@@ -215,6 +232,8 @@ class CausalSelfAttention(nn.Module):
                 self.rotary = Rotary(args.rope_dims, base=args.rope_base)
         if feature("rope_train_len"):
             self.rotary.train_seq_len, self.rotary.yarn = args.rope_train_seq_len, args.rope_yarn
+            self.rotary.fp32_positions = args.rope_fp32_positions
+        self.kernel = args.attention  # the recipe's pin (FlashAttention 3 or 2, SDPA, auto)
         if feature("xsa"):
             self.use_xsa = False  # Block turns it on for the last xsa_last_n layers
         if feature("head_gates"):
@@ -236,11 +255,11 @@ class CausalSelfAttention(nn.Module):
         k = apply_rotary_emb(k, cos, sin)
         if feature("doc_attention"):
             if cu_seqlens is not None:  # per-document attention: never across a BOS
-                y = document_attention(q, k, v, cu_seqlens, self.max_doc_len)
+                y = document_attention(q, k, v, cu_seqlens, self.max_doc_len, self.kernel)
             else:
-                y = attention(q, k, v, causal=True)
+                y = attention(q, k, v, kernel=self.kernel)
         else:
-            y = attention(q, k, v, causal=True)
+            y = attention(q, k, v, kernel=self.kernel)
         if feature("xsa"):
             if self.use_xsa:  # XSA: drop each head's component along its token's own unit value vector
                 y = y.reshape(B, T, self.num_kv_heads, -1, self.head_dim)
@@ -305,7 +324,10 @@ class ScaledEmbedding(nn.Module):
     def __init__(self, rows: int, dim: int, out_dim: int, std: float, scale: float):
         super().__init__()
         self.embed = nn.Embedding(rows, dim)
-        nn.init.normal_(self.embed.weight, std=std)
+        if std > 0:  # zeros_ draws nothing: a zero table leaves the init RNG stream as the records do
+            nn.init.normal_(self.embed.weight, std=std)
+        else:
+            nn.init.zeros_(self.embed.weight)
         self.proj = CastedLinear(dim, out_dim, bias=False) if dim != out_dim else None
         if self.proj is not None:  # zero, but not flagged _zero_init: OrthoInit redoes it, as the records
             nn.init.zeros_(self.proj.weight)

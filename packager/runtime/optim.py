@@ -32,6 +32,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "warmdown_frac": ("LR warmdown over the last fraction of the wallclock (of iterations if uncapped)",
                       "warmdown_frac > 0"),
     "min_lr": ("the LR multiplier never drops below MIN_LR", "min_lr > 0"),
+    "untrained": ("parameters no optimizer steps (they keep their init), as a record left them", "untrained_params != ''"),
 }
 
 HPARAMS = (
@@ -65,6 +66,8 @@ HPARAMS = (
        doc="warmdown over the last fraction of the wallclock cap (of iterations if uncapped); 0: WARMDOWN_ITERS"),
     HP("min_lr", "MIN_LR", "train.min_lr", float, 0.0, feature="min_lr", minimum=0.0,
        doc="floor of the LR multiplier during the warmdown"),
+    HP("untrained_params", "UNTRAINED_PARAMS", "train.optimizer.untrained", str, "", feature="untrained",
+       doc='comma-separated parameter names no optimizer steps, e.g. "smear.gate" ("": train all)'),
 )
 
 # Polar Express (Amsel et al. 2025) coefficients as the April records use them, 5 iterations, each
@@ -160,14 +163,15 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def adam_group(args, params: list, lr: float, device: torch.device, weight_decay: float = 0.0) -> torch.optim.Adam:
+def adam_group(args, params: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """One Adam group carrying base_lr, with decoupled weight decay if given; fused on CPU too, as the records."""
     if feature("adam_wd"):
         if weight_decay > 0:  # AdamW: p *= 1 - lr * wd before the Adam step
             return torch.optim.AdamW([{"params": params, "lr": lr, "base_lr": lr}], betas=(args.beta1, args.beta2),
-                                     eps=args.adam_eps, weight_decay=weight_decay, fused=device.type == "cuda")
+                                     eps=args.adam_eps, weight_decay=weight_decay, fused=True)
     return torch.optim.Adam(
         [{"params": params, "lr": lr, "base_lr": lr}],
-        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=device.type == "cuda",
+        betas=(args.beta1, args.beta2), eps=args.adam_eps, fused=True,
     )
 
 
@@ -177,7 +181,6 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     Muon takes the 2-D block matrices; Adam at scalar_lr takes vectors, scalars, control
     tensors and skip_weights. Every trainable parameter must land in exactly one optimizer.
     """
-    device = model.tok_emb.weight.device
     matrix, scalar = [], []
     for name, p in model.blocks.named_parameters():
         control = any(s in name for s in CONTROL_TENSOR_NAME_PATTERNS)
@@ -207,6 +210,12 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
             tokens.append(model.ve_shared.embed.weight)
             matrix += [] if model.ve_shared.proj is None else [model.ve_shared.proj.weight]
             scalar += [model.ve_shared.scale, *model.ve_layer_scales]
+    if feature("untrained"):  # in the model and the state dict, but never stepped (seed 003's SmearGate)
+        named, untrained = dict(model.named_parameters()), {n for n in args.untrained_params.split(",") if n}
+        if untrained - set(named):
+            raise ValueError(f"UNTRAINED_PARAMS names no parameter of the model: {sorted(untrained - set(named))}")
+        skip = {id(named[n]) for n in untrained}
+        tokens, matrix, scalar = ([p for p in g if id(p) not in skip] for g in (tokens, matrix, scalar))
     token_lr = args.tied_embed_lr if args.tie_embeddings else args.embed_lr
     muon = Muon(matrix, lr=args.matrix_lr, momentum=args.muon_momentum, backend_steps=args.muon_backend_steps)
     muon.param_groups[0]["base_lr"] = args.matrix_lr
@@ -217,18 +226,20 @@ def build_optimizers(args, model: nn.Module) -> tuple[list[torch.optim.Optimizer
     if feature("polar_express"):
         if args.muon_ns == "polar_express":
             muon.ns_kwargs = {"coeffs": POLAR_EXPRESS_COEFFS}
-    muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, device)
+    muon.zeropower = maybe_compile(zeropower_via_newtonschulz5, model.tok_emb.weight.device)
     token_wd = scalar_wd = 0.0
     if feature("adam_wd"):
         token_wd = scalar_wd = args.adam_weight_decay
     if feature("embed_wd"):
         token_wd = args.embed_weight_decay if args.embed_weight_decay > 0 else token_wd
-    optimizers = [adam_group(args, tokens, token_lr, device, token_wd), muon,
-                  adam_group(args, scalar, args.scalar_lr, device, scalar_wd)]
+    optimizers = [adam_group(args, tokens, token_lr, token_wd), muon,
+                  adam_group(args, scalar, args.scalar_lr, scalar_wd)]
     if model.lm_head is not None:
-        optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr, device))
+        optimizers.insert(1, adam_group(args, [model.lm_head.weight], args.head_lr))
     owned = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
+    if feature("untrained"):
+        missing = [n for n in missing if n not in untrained]
     if missing or len(owned) != len(set(owned)):
         raise ValueError(f"optimizer split must cover each parameter once; unassigned: {missing}")
     return optimizers, muon

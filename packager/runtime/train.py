@@ -30,7 +30,7 @@ from packager.runtime.evalonly import eval_only
 from packager.runtime.gptq import kind_summary, timed_hessians
 from packager.runtime.frontier import looping_due
 from packager.runtime.kernels import fused_paths
-from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
+from packager.runtime.model import GPT, CastedLinear, attention_kernel, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at, train_fraction
 from packager.runtime.qat import configure_qat, qat_active, set_qat
 from packager.runtime.quant import check_export_args, export_label, export_model, import_model
@@ -167,6 +167,20 @@ def prime_compiled_paths(args, model, base_model, optimizers, loader, grad_accum
         opt.load_state_dict(state)
 
 
+def optimizer_step(args, base_model, optimizers, muon, step: int, scale: float) -> None:
+    """Apply step `step`'s schedules (Muon momentum warmup, LR multiplier `scale`), clip, step, zero."""
+    for group in muon.param_groups:
+        group["momentum"] = muon_momentum_at(args, step)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
+    if args.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum_steps, device, distributed, log0,
           averager=None):
     """The timed loop. Returns (steps, train_time_ms, stopped_early)."""
@@ -203,21 +217,12 @@ def train(args, model, base_model, optimizers, muon, loader, eval_fn, grad_accum
                 log0(f"layer_loop:enabled step:{step} frac:{train_fraction(args, step, elapsed_ms):.3f} "
                      f"encoder:{base_model.loop_order[0]} decoder:{base_model.loop_order[1]}")
         if feature("qat"):
-            if not qat_on and qat_active(args, step, elapsed_ms, scale):
+            if args.qat_train and not qat_on and qat_active(args, step, elapsed_ms, scale):
                 qat_on = True
                 set_qat(base_model, True)
                 log0(f"qat:enabled step:{step} lr_scale:{scale:.4f}")
         loss = train_step(args, model, loader, optimizers, grad_accum_steps, device, distributed)
-        for group in muon.param_groups:
-            group["momentum"] = muon_momentum_at(args, step)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * scale
-        if args.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer_step(args, base_model, optimizers, muon, step, scale)
         step += 1
         if averager is not None:
             averager.after_step(base_model, step, scale)
@@ -255,6 +260,20 @@ def export_and_reload(args, base_model, out_dir: Path, code_bytes: int, master: 
     return len(blob)
 
 
+def eval_pass_names(args) -> list[str]:
+    """The recipe's final evaluations (eval.passes; default: every one this script has), in the order round trip,
+    sliding window, TTT: TTT changes the weights, so nothing is scored after it but its own score."""
+    built = ["roundtrip"]
+    if feature("sliding"):
+        built += ["sliding"] if args.sliding_stride > 0 else []
+    if feature("ttt"):
+        built += ["ttt"] if args.ttt_mode != "none" else []
+    chosen = [name.strip() for name in args.eval_passes.split(",") if name.strip()] or built
+    if [name for name in built if name in chosen] != chosen:
+        raise ValueError(f"EVAL_PASSES={args.eval_passes!r}: name each of {', '.join(built)} at most once, in this order")
+    return chosen
+
+
 def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, float]:
     """Run one final evaluation and log it in the upstream two-line format."""
     sync(device)
@@ -268,19 +287,20 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
-    """Every eval path of the recipe on the loaded weights, round trip first: [(name, loss, bpb, ms)]."""
-    final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
-    paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+    """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
+    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    if "roundtrip" in passes:
+        ledger.begin("roundtrip")
+        paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
     if feature("sliding"):
-        paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+        if "sliding" in passes:
+            paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
+                args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
     if feature("ttt"):
-        # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
-        paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
+        if "ttt" in passes:  # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
+            paths.append(timed_eval(device, log0, lambda: eval_ttt(
+                args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
     ledger.write()
     return paths
 
@@ -291,9 +311,10 @@ def main() -> None:
         # Settings and input files are checked before anything is written or trained: a mistake ends
         # the run with one line naming the variable instead of a traceback from every rank.
         check_export_args(args)
+        eval_pass_names(args)
         if feature("sliding"):
             eval_window(args)
-        if feature("ttt_lora"):
+        if feature("ttt_lora_targets"):
             check_lora_args(args)
         train_files, val_files, sp = open_data(args)
         val_tokens = load_validation_tokens(val_files, args.train_seq_len)
@@ -335,10 +356,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in base_model.parameters())
     log0(f"model_params:{n_params}")
     log0(f"world_size:{world_size} grad_accum_steps:{grad_accum_steps}")
-    log0(f"attention:{attention_backend_name()} num_heads:{args.num_heads} num_kv_heads:{args.num_kv_heads}")
+    log0(f"attention:{attention_kernel(args, device)} pinned:{args.attention} num_heads:{args.num_heads} "
+         f"num_kv_heads:{args.num_kv_heads}")
     if feature("doc_attention"):
         if args.doc_attention:
-            log0(f"doc_attention:{check_document_attention(device)} max_len:{args.train_seq_len}")
+            log0(f"doc_attention:{check_document_attention(args, device)} max_len:{args.train_seq_len}")
     if feature("fused_kernels"):
         log0(f"fused_kernels:{fused_paths(args, device)}")
     log0(f"seed:{args.seed}")
@@ -381,9 +403,11 @@ def main() -> None:
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
+    passes = eval_pass_names(args)
+    roundtrip = paths[passes.index("roundtrip")] if "roundtrip" in passes else (None, None, None)
     result = {
         "seed": args.seed, "val_loss": val_loss, "val_bpb": val_bpb, "eval_path": eval_path,
-        "roundtrip_val_loss": paths[0][1], "roundtrip_val_bpb": paths[0][2],
+        "roundtrip_val_loss": roundtrip[1], "roundtrip_val_bpb": roundtrip[2],
         "bytes_model": model_bytes, "bytes_code": len(code), "bytes_total": model_bytes + len(code),
         "code_sha256": code_sha, "train_time_ms": round(train_ms), "eval_time_ms": round(sum(p[3] for p in paths)),
         "total_eval_time_s": round(total_eval_s, 3), "steps": steps, "iterations": args.iterations,

@@ -2,11 +2,12 @@
 
 Legal variants score every token before any update that saw it (README; C1-C4 of thread
 #1017): per-document LoRA (a chunk is scored, then one step on it; a document's last chunk is
-never trained), score-first chunk TTT (all windows of a 32K chunk scored under inference mode,
-then SGD epochs on it; the last chunk is never trained) and a score-first form of the two-phase
-TTT of seed 000. `pre_eval` trains on the whole validation set before scoring it: illegal,
-present only to reproduce such submissions for the verifier. Every variant returns
-(val_loss, val_bpb) computed from the scores alone.
+never trained), seed 003's LoRA as it ran it (each document alone, each chunk with only itself as
+context), score-first chunk TTT (all windows of a 32K chunk scored under inference mode, then SGD
+epochs on it; the last chunk is never trained) and a score-first form of the two-phase TTT of
+seed 000. `pre_eval` (seed 002's first version) and `two_phase_pre_eval` (seed 000 as submitted)
+train on the whole validation set before scoring it: illegal, present only to reproduce such
+submissions for the verifier. Every variant returns (val_loss, val_bpb) computed from the scores.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from packager.runtime.bpb import finish_scores, target_bytes
 from packager.runtime.data import BOS_ID
 from packager.runtime.evaluate import eval_window, eval_windows, rank_share, score_windows
 from packager.runtime.features import HP, feature
-from packager.runtime.model import CONTROL_TENSOR_NAME_PATTERNS
 from packager.runtime.phased import eval_ttt_phased
+from packager.runtime.qat import set_qat
 from packager.runtime.system import all_reduce_, autocast_ctx
 
 FEATURES = {
@@ -31,52 +32,68 @@ FEATURES = {
     "ttt_lora": ("per-document LoRA TTT, score a chunk then one step on it", "ttt_mode == 'lora'"),
     "ttt_doc_lora": ("per-document LoRA adapters scored chunk by chunk (lora and phased TTT)",
                      "ttt_mode in ('lora', 'phased')"),
+    "ttt_lora_chunks": ("seed 003's LoRA TTT: each document alone, each chunk attending to itself only",
+                        "ttt_mode == 'lora_chunks'"),
+    "ttt_lora_any": ("LoRA adapters (rank, LR, chunk length)", "ttt_mode in ('lora', 'lora_chunks', 'phased')"),
+    "ttt_lora_targets": ("LoRA on the layers ttt_lora_targets names", "ttt_mode in ('lora', 'lora_chunks')"),
     "ttt_chunked": ("score-first chunk TTT: score a chunk's windows, then SGD on it", "ttt_mode == 'chunked'"),
-    "ttt_two_phase": ("score-first two-phase TTT: scalars (Adam), then last blocks + head (SGD)",
-                      "ttt_mode == 'two_phase'"),
-    "ttt_pre_eval": ("ILLEGAL pre-eval TTT: epochs on all validation tokens, then scoring", "ttt_mode == 'pre_eval'"),
+    "ttt_two_phase": ("two-phase TTT: norms and scales (Adam), then last blocks + head (SGD)",
+                      "ttt_mode in ('two_phase', 'two_phase_pre_eval')"),
+    "ttt_two_phase_score_first": ("the two phases run score-first, chunk by chunk", "ttt_mode == 'two_phase'"),
+    "ttt_two_phase_pre_eval": ("ILLEGAL two-phase TTT on all validation tokens, then scoring (seed 000)",
+                               "ttt_mode == 'two_phase_pre_eval'"),
+    "ttt_pre_eval": ("ILLEGAL pre-eval TTT: AdamW epochs on all validation tokens, then scoring (seed 002 v1)",
+                     "ttt_mode == 'pre_eval'"),
+    "ttt_illegal": ("TTT that trains on unscored validation tokens", "ttt_mode in ('pre_eval', 'two_phase_pre_eval')"),
     "ttt_full": ("full-weight TTT by batches of validation sequences",
-                 "ttt_mode in ('chunked', 'two_phase', 'pre_eval')"),
+                 "ttt_mode in ('chunked', 'two_phase', 'pre_eval', 'two_phase_pre_eval')"),
     "ttt_score_first": ("validation split into TTT chunks", "ttt_mode in ('chunked', 'two_phase')"),
-    "ttt_sgd": ("one SGD optimizer over the TTT weights", "ttt_mode in ('chunked', 'pre_eval')"),
+    "ttt_epochs": ("TTT epochs and LR of one optimizer", "ttt_mode in ('chunked', 'pre_eval')"),
+    "ttt_sgd": ("one SGD optimizer over the TTT weights", "ttt_mode == 'chunked'"),
 }
 
 HPARAMS = (
     HP("ttt_mode", "TTT_MODE", "ttt.mode", str, "none", feature="ttt", doc="test-time training variant",
-       choices=("none", "lora", "chunked", "two_phase", "pre_eval", "phased")),
-    HP("ttt_lora_rank", "TTT_LORA_RANK", "ttt.lora_rank", int, 8, feature="ttt_doc_lora", doc="LoRA rank", minimum=1),
-    HP("ttt_lora_targets", "TTT_LORA_TARGETS", "ttt.lora_targets", str, "q,v,head", feature="ttt_lora",
-       doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head"),
-    HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_doc_lora", doc="Adam LR of the adapters"),
-    HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_doc_lora",
+       choices=("none", "lora", "lora_chunks", "chunked", "two_phase", "pre_eval", "two_phase_pre_eval", "phased")),
+    HP("ttt_lora_rank", "TTT_LORA_RANK", "ttt.lora_rank", int, 8, feature="ttt_lora_any", doc="LoRA rank", minimum=1),
+    HP("ttt_lora_targets", "TTT_LORA_TARGETS", "ttt.lora_targets", str, "q,v,head", feature="ttt_lora_targets",
+       doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head (lora only)"),
+    HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_lora_any", doc="Adam LR of the adapters"),
+    HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_lora_any",
        doc="tokens scored per LoRA step", minimum=1, smoke=64),
     HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_doc_lora",
        doc="documents adapted side by side, each with its own adapters", minimum=1, smoke=16),
+    HP("ttt_min_doc_len", "TTT_MIN_DOC_LEN", "ttt.min_doc_len", int, 32, feature="ttt_lora_chunks", minimum=1,
+       doc="documents of fewer tokens are scored in one pass without adaptation"),
+    HP("ttt_score_all", "TTT_SCORE_ALL", "ttt.score_all", bool, True, feature="ttt_lora_chunks",
+       doc="score every target; false: as seed 003, not documents of < 5 tokens, 1-token chunks, next-BOS targets"),
     HP("ttt_chunk_tokens", "TTT_CHUNK_TOKENS", "ttt.chunk_tokens", int, 32768, feature="ttt_score_first",
        doc="tokens scored before each round of TTT updates", minimum=1, smoke=4096),
     HP("ttt_batch_seqs", "TTT_BATCH_SEQS", "ttt.batch_seqs", int, 32, feature="ttt_full",
        doc="sequences per rank per TTT step (and windows per scoring pass)", minimum=1),
     HP("ttt_grad_clip", "TTT_GRAD_CLIP", "ttt.grad_clip", float, 0.0, feature="ttt_full",
        doc="gradient-norm clip of TTT steps (0: none)", minimum=0.0),
-    HP("ttt_epochs", "TTT_EPOCHS", "ttt.epochs", int, 0, feature="ttt_sgd",
-       doc="SGD passes per chunk (pre_eval: over the whole split)", minimum=0, smoke=1),
-    HP("ttt_lr", "TTT_LR", "ttt.lr", float, 0.002, feature="ttt_sgd", doc="SGD LR"),
+    HP("ttt_epochs", "TTT_EPOCHS", "ttt.epochs", int, 0, feature="ttt_epochs",
+       doc="passes per chunk (pre_eval: over the whole split)", minimum=0, smoke=1),
+    HP("ttt_lr", "TTT_LR", "ttt.lr", float, 0.002, feature="ttt_epochs", doc="SGD LR (pre_eval: AdamW LR)"),
     HP("ttt_momentum", "TTT_MOMENTUM", "ttt.momentum", float, 0.9, feature="ttt_sgd", doc="SGD momentum"),
     HP("ttt_cosine", "TTT_COSINE", "ttt.cosine", bool, False, feature="ttt_full",
-       doc="cosine-decay the LR: chunked over chunks, two_phase over each phase's epochs, pre_eval over epochs"),
+       doc="cosine-decay the LR: chunked over chunks, two_phase over each phase's epochs, pre_eval over steps"),
     HP("ttt_freeze_blocks", "TTT_FREEZE_BLOCKS", "ttt.freeze_blocks", int, 0, feature="ttt_sgd",
        doc="first blocks left untrained", minimum=0),
-    HP("ttt_phase1_epochs", "TTT_PHASE1_EPOCHS", "ttt.phase1_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 1 (gains/scales/mixes, Adam) passes per chunk", minimum=0, smoke=1),
-    HP("ttt_phase1_lr", "TTT_PHASE1_LR", "ttt.phase1_lr", float, 0.01, feature="ttt_two_phase"),
-    HP("ttt_phase2_epochs", "TTT_PHASE2_EPOCHS", "ttt.phase2_epochs", int, 0, feature="ttt_two_phase",
-       doc="phase 2 (last blocks + scalars + head, SGD) passes per chunk", minimum=0, smoke=1),
-    HP("ttt_phase2_lr", "TTT_PHASE2_LR", "ttt.phase2_lr", float, 0.003, feature="ttt_two_phase"),
-    HP("ttt_phase2_momentum", "TTT_PHASE2_MOMENTUM", "ttt.phase2_momentum", float, 0.95, feature="ttt_two_phase"),
-    HP("ttt_phase2_last_k", "TTT_PHASE2_LAST_K", "ttt.phase2_last_k", int, 2, feature="ttt_two_phase",
+    HP("ttt_lr_groups", "TTT_LR_GROUPS", "ttt.lr_groups", str, "", feature="ttt_pre_eval",
+       doc='LR multipliers by name part, first match wins, e.g. "mlp.proj:3,mlp.fc:0.5" (seed 002 v1)'),
+    HP("ttt_phase1_epochs", "TTT_P1_EPOCHS", "ttt.phase1_epochs", int, 0, feature="ttt_two_phase",
+       doc="phase 1 (norms, scales, mixes; Adam) epochs (per chunk when score-first)", minimum=0, smoke=1),
+    HP("ttt_phase1_lr", "TTT_P1_LR", "ttt.phase1_lr", float, 0.01, feature="ttt_two_phase"),
+    HP("ttt_phase2_epochs", "TTT_P2_EPOCHS", "ttt.phase2_epochs", int, 0, feature="ttt_two_phase",
+       doc="phase 2 (last blocks + phase 1 + head; SGD) epochs (per chunk when score-first)", minimum=0, smoke=1),
+    HP("ttt_phase2_lr", "TTT_P2_LR", "ttt.phase2_lr", float, 0.003, feature="ttt_two_phase"),
+    HP("ttt_phase2_momentum", "TTT_P2_MOMENTUM", "ttt.phase2_momentum", float, 0.95, feature="ttt_two_phase"),
+    HP("ttt_phase2_last_k", "TTT_P2_UNFREEZE_LAST", "ttt.phase2_last_k", int, 2, feature="ttt_two_phase",
        doc="blocks (from the top) trained in phase 2", minimum=0, smoke=1),
-    HP("ttt_allow_illegal", "TTT_ALLOW_ILLEGAL", "ttt.allow_illegal_ttt", bool, False, feature="ttt_pre_eval",
-       doc="acknowledge that pre_eval TTT trains on unscored validation tokens (non-record only)"),
+    HP("ttt_allow_illegal", "TTT_ALLOW_ILLEGAL", "ttt.allow_illegal_ttt", bool, False, feature="ttt_illegal",
+       doc="acknowledge that pre-eval TTT trains on unscored validation tokens (non-record only)"),
 )
 
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
@@ -85,15 +102,30 @@ LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.pro
 def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
     run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    if feature("qat"):
+        set_qat(model, args.ttt_qat)  # acts in training mode only: the TTT steps, never the scoring
+    if feature("ttt_illegal"):
+        if args.ttt_mode in ("pre_eval", "two_phase_pre_eval"):
+            if not args.ttt_allow_illegal:
+                raise ValueError(f"TTT_MODE={args.ttt_mode} trains on validation tokens before scoring them; "
+                                 "set ttt.allow_illegal_ttt (non-record track only) to run it")
+            log0(f"ttt_{args.ttt_mode}: WARNING training on validation tokens before scoring them is not allowed "
+                 "for records (README; pre-eval TTT, thread #677)")
     if feature("ttt_lora"):
         if args.ttt_mode == "lora":
             return ("final_ttt_lora", *eval_ttt_lora(*run))
+    if feature("ttt_lora_chunks"):
+        if args.ttt_mode == "lora_chunks":
+            return ("final_ttt", *eval_ttt_lora_chunks(*run))
     if feature("ttt_chunked"):
         if args.ttt_mode == "chunked":
             return ("legal_ttt", *eval_ttt_chunked(*run))
-    if feature("ttt_two_phase"):
+    if feature("ttt_two_phase_score_first"):
         if args.ttt_mode == "two_phase":
             return ("final_ttt_two_phase", *eval_ttt_two_phase(*run))
+    if feature("ttt_two_phase_pre_eval"):
+        if args.ttt_mode == "two_phase_pre_eval":
+            return ("final_ttt_two_phase_pre_eval", *eval_ttt_two_phase_pre_eval(*run))
     if feature("ttt_pre_eval"):
         if args.ttt_mode == "pre_eval":
             return ("final_ttt_pre_eval", *eval_ttt_pre_eval(*run))
@@ -137,7 +169,7 @@ def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     steps = 0
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
-        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
+        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, eval_window(args)[0], ledger)
         if ci < len(groups) - 1:
             steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
     log0(f"ttt:{args.ttt_mode} chunks:{len(groups)} trained_chunks:{max(len(groups) - 1, 0)} steps:{steps}")
@@ -168,34 +200,50 @@ def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, lo
     return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
+# Seed 000's selectors: phase 1 takes the parameters named like its norms and scales, phase 2 adds the last
+# blocks and the head (tok_emb when tied).
+PHASE1_NAMES = ("norm", "ln_scale", "attn_scale", "mlp_scale", "resid_mix")
+HEAD_NAMES = ("final_norm", "tok_emb", "lm_head")
+
+
 def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
-    """(phase 1, phase 2 params, head name): 1 = gains, scales, mixes; 2 = last blocks, those scalars, the head."""
-    # Phase 1 is every vector and control tensor (the baseline's RMSNorm has no weights); head is tok_emb when tied.
-    phase1 = [p for n, p in model.named_parameters() if p.ndim < 2 or any(k in n for k in CONTROL_TENSOR_NAME_PATTERNS)]
-    head = model.tok_emb.weight if model.lm_head is None else model.lm_head.weight
-    last = list(model.blocks)[max(len(model.blocks) - args.ttt_phase2_last_k, 0) :] if args.ttt_phase2_last_k else []
-    phase2 = list({id(p): p for p in [q for b in last for q in b.parameters()] + phase1 + [head]}.values())
+    """(phase 1, phase 2 params, head name), in parameter order, as seed 000 selects them by name."""
+    n = len(model.blocks)
+    last = tuple(f"blocks.{i}." for i in range(max(n - args.ttt_phase2_last_k, 0), n))
+    named = list(model.named_parameters())
+    phase1 = [p for name, p in named if any(k in name for k in PHASE1_NAMES)]
+    phase2 = [p for name, p in named if name.startswith(last) or any(k in name for k in PHASE1_NAMES + HEAD_NAMES)]
     for phase, params, epochs in ((1, phase1, args.ttt_phase1_epochs), (2, phase2, args.ttt_phase2_epochs)):
         if epochs > 0 and not params:
             raise ValueError(f"two-phase TTT phase {phase} selects no parameters in this model")
     return phase1, phase2, "tok_emb (tied embeddings)" if model.lm_head is None else "lm_head"
 
 
+def two_phase_optimizers(args, phase1: list, phase2: list):
+    """((params, optimizer, epochs) of phase 1, of phase 2): Adam and SGD with torch's defaults, as seed 000."""
+    return ((phase1, torch.optim.Adam(phase1, lr=args.ttt_phase1_lr), args.ttt_phase1_epochs),
+            (phase2, torch.optim.SGD(phase2, lr=args.ttt_phase2_lr, momentum=args.ttt_phase2_momentum),
+             args.ttt_phase2_epochs))
+
+
+def log_two_phase(args, model, log0) -> tuple[list, list]:
+    phase1, phase2, head = two_phase_params(args, model)
+    log0(f"ttt_two_phase: phase1 tensors:{len(phase1)} params:{sum(p.numel() for p in phase1)} phase2 tensors:"
+         f"{len(phase2)} params:{sum(p.numel() for p in phase2)} last_blocks:{args.ttt_phase2_last_k} head:{head}")
+    return phase1, phase2
+
+
 def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
     """Score-first two-phase TTT: per chunk, score it, then phase 1 (Adam) and phase 2 (SGD) on it."""
     if ledger is not None:
         ledger.begin("ttt_two_phase")
-    phase1, phase2, head = two_phase_params(args, model)
-    log0(f"ttt_two_phase: phase1 tensors:{len(phase1)} params:{sum(p.numel() for p in phase1)} phase2 tensors:"
-         f"{len(phase2)} params:{sum(p.numel() for p in phase2)} last_blocks:{args.ttt_phase2_last_k} head:{head}")
+    phase1, phase2 = log_two_phase(args, model, log0)
 
     def train_chunk(ci, chunks, lo, hi):
         # Each phase runs on the chunk as seed 000 ran it on the whole split: a fresh optimizer
         # and, with ttt_cosine, an LR cosine over the phase's epochs.
-        adam = torch.optim.Adam(phase1, lr=args.ttt_phase1_lr)
-        sgd = torch.optim.SGD(phase2, lr=args.ttt_phase2_lr, momentum=args.ttt_phase2_momentum)
         steps = 0
-        for params, opt, epochs in ((phase1, adam, args.ttt_phase1_epochs), (phase2, sgd, args.ttt_phase2_epochs)):
+        for params, opt, epochs in two_phase_optimizers(args, phase1, phase2):
             for ep in range(epochs):
                 opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
                 steps += ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
@@ -203,26 +251,89 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
     return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
 
 
-def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
-    """ILLEGAL: ttt_epochs SGD passes over every validation token, then scoring them all."""
-    if not args.ttt_allow_illegal:
-        raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
-                         "set ttt.allow_illegal_ttt (non-record track only) to run it")
-    log0("ttt_pre_eval: WARNING training on validation tokens before scoring them is not allowed "
-         "for records (README; pre-eval TTT, thread #677)")
-    if ledger is not None:
-        ledger.begin("ttt_pre_eval")
-    params, opt = sgd_setup(args, model)
-    total, steps = val_tokens.numel() - 1, 0
-    for ep in range(args.ttt_epochs):
-        opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
-        steps += ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
-    log0(f"ttt:pre_eval epochs:{args.ttt_epochs} steps:{steps}")
+def score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger):
+    """The sliding-window scores of a model already trained on the split (the illegal variants)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)
-    score_windows(model, rank_share(eval_windows(args, total), rank, world_size), val_tokens, luts, device,
-                  sums, args.ttt_batch_seqs, ledger)
+    if feature("sliding"):
+        batch = args.eval_batch_seqs  # the records score with their sliding evaluation
+    else:
+        batch = args.ttt_batch_seqs
+    score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
+                  device, sums, batch, eval_window(args)[0], ledger)
     model.requires_grad_(True).train()
     return finish_scores(sums)
+
+
+def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+    """ILLEGAL, seed 000 as submitted: both phases over random batches of all validation sequences, then scoring."""
+    if ledger is not None:
+        ledger.begin("ttt_two_phase_pre_eval")
+    seq_len, batch = eval_window(args)[0], args.ttt_batch_seqs
+    n_seqs, step_rows = (val_tokens.numel() - 1) // seq_len, batch * world_size
+    usable = n_seqs // step_rows * step_rows or n_seqs
+    phase1, phase2 = log_two_phase(args, model, log0)
+    steps = 0
+    for params, opt, epochs in two_phase_optimizers(args, phase1, phase2):
+        for p in model.parameters():
+            p.requires_grad_(any(p is q for q in params))
+        model.train()
+        for ep in range(epochs):
+            opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
+            perm = all_reduce_(torch.randperm(usable, device=device) * (rank == 0)).cpu()  # rank 0's order everywhere
+            for b0 in range(0, usable, step_rows):
+                rows = perm[b0 + rank * batch : b0 + (rank + 1) * batch].tolist()
+                x = torch.stack([val_tokens[i * seq_len : (i + 1) * seq_len + 1] for i in rows]).to(device, torch.int64)
+                opt.zero_grad(set_to_none=True)
+                with autocast_ctx(device):
+                    loss = model(x[:, :-1], x[:, 1:])
+                loss.backward()
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = all_reduce_(p.grad) / world_size
+                opt.step()
+                steps += 1
+                if ledger is not None:
+                    ledger.step([(i * seq_len, (i + 1) * seq_len + 1) for i in perm[b0 : b0 + step_rows].tolist()])
+    log0(f"ttt:two_phase_pre_eval epochs:{args.ttt_phase1_epochs}+{args.ttt_phase2_epochs} steps:{steps}")
+    return score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger)
+
+
+def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+    """ILLEGAL, seed 002's first version: AdamW epochs over every rank's contiguous share of the split, then scoring."""
+    if ledger is not None:
+        ledger.begin("ttt_pre_eval")
+    mults = [(k, float(v)) for k, v in (g.split(":") for g in args.ttt_lr_groups.split(",") if g)]
+    groups = {}  # LR multiplier -> parameters whose name matches first; AdamW without weight decay
+    for name, p in model.named_parameters():
+        groups.setdefault(next((m for k, m in mults if k in name), 1.0), []).append(p.requires_grad_(True))
+    opt = torch.optim.AdamW([{"params": ps, "lr": args.ttt_lr * m, "base_lr": args.ttt_lr * m}
+                             for m, ps in groups.items()], weight_decay=0.0)
+    seq_len, share = eval_window(args)[0], val_tokens.numel() // world_size
+    lo, hi, rows = rank * share, (rank + 1) * share, args.ttt_batch_seqs
+    total_steps, step = args.ttt_epochs * max(1, (hi - lo - seq_len) // (rows * seq_len)), 0
+    model.train()
+    for _ in range(args.ttt_epochs):
+        for start in range(lo, hi - seq_len, rows * seq_len):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(g["base_lr"], step, total_steps, args.ttt_cosine)
+            n = min(rows, (hi - start) // seq_len)
+            x = torch.stack([val_tokens[start + i * seq_len : start + (i + 1) * seq_len + 1] for i in range(n)])
+            x = x.to(device=device, dtype=torch.int64)
+            opt.zero_grad()
+            with autocast_ctx(device):
+                loss = model(x[:, :-1], x[:, 1:])
+            loss.backward()
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad = all_reduce_(p.grad) / world_size
+            if args.ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.ttt_grad_clip)
+            opt.step()
+            step += 1
+            if ledger is not None:
+                ledger.step([(start, start + n * seq_len + 1)])
+    log0(f"ttt:pre_eval epochs:{args.ttt_epochs} steps:{step}")
+    return score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger)
 
 
 class BatchedLoRA(nn.Module):
@@ -241,9 +352,11 @@ class BatchedLoRA(nn.Module):
 
 def check_lora_args(args) -> None:
     """Raise before training for LoRA TTT settings that would fail at the final evaluation."""
-    if set(args.ttt_lora_targets.replace(" ", "").split(",")) - set(LORA_LAYERS) - {"head"}:
-        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
-    if args.ttt_chunk_len > eval_window(args)[0]:  # a longer chunk would leave its first tokens unscored
+    head = args.ttt_mode == "lora"  # lora_chunks adapts the blocks only, as seed 003
+    if set(args.ttt_lora_targets.replace(" ", "").split(",")) - set(LORA_LAYERS) - ({"head"} if head else set()):
+        raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)}"
+                         + (" and head" if head else ""))
+    if args.ttt_chunk_len > eval_window(args)[0]:  # lora: its first tokens unscored; lora_chunks: past the window
         raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {eval_window(args)[0]}")
 
 
@@ -330,3 +443,90 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
                 done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
                 ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
     return steps
+
+
+class ChunkLoRA(nn.Module):
+    """Seed 003's adapter: x A^T B^T / rank with A ~ N(0, 0.01^2), B ~ N(0, 0.001^2) from the global RNG."""
+
+    def __init__(self, fan_in: int, fan_out: int, rank: int, device):
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(rank, fan_in, device=device) * 0.01)
+        self.b = nn.Parameter(torch.randn(fan_out, rank, device=device) * 0.001)
+        self.scale = 1.0 / rank
+
+    def reset(self) -> None:
+        nn.init.normal_(self.a, std=0.01)
+        nn.init.normal_(self.b, std=0.001)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x @ self.a.to(x.dtype).T @ self.b.to(x.dtype).T) * self.scale
+
+
+def lora_chunk_documents(args, val_tokens) -> list[tuple[int, int]]:
+    """(first token, targets) per document; with ttt_score_all they tile every target."""
+    bos = (val_tokens == BOS_ID).nonzero().flatten().tolist()
+    if args.ttt_score_all:  # a document also predicts the next one's BOS; tokens before the first BOS form one
+        total = val_tokens.numel() - 1
+        cuts = sorted({0, total} | {b for b in bos if b < total})
+        return [(lo, hi - lo) for lo, hi in zip(cuts, cuts[1:])]
+    ends = bos[1:] + [val_tokens.numel()]  # seed 003: BOS to the next BOS, which is not predicted; < 5 tokens: none
+    return [(lo, hi - lo - 1) for lo, hi in zip(bos, ends) if hi - lo >= 5]
+
+
+def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+    """Seed 003's LoRA TTT: adapters on every block's targets, reset per document; a document's chunks are each
+    scored with only themselves as context, then (all but the last) train the adapters one Adam step. Documents
+    shorter than ttt_min_doc_len are scored in one pass, before any adaptation."""
+    check_lora_args(args)
+    if ledger is not None:
+        ledger.begin("ttt_lora_chunks")
+    model.requires_grad_(False)
+    adapters, hooks = [], []
+    for block in model.blocks:
+        for t in args.ttt_lora_targets.replace(" ", "").split(","):
+            layer = block.get_submodule(LORA_LAYERS[t])
+            adapters.append(ChunkLoRA(layer.in_features, layer.out_features, args.ttt_lora_rank, device))
+            hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=adapters[-1]: out + ad(inp[0])))
+    params = [p for ad in adapters for p in (ad.a, ad.b)]
+    docs = lora_chunk_documents(args, val_tokens)
+    sums, counts = torch.zeros(3, device=device, dtype=torch.float64), torch.zeros(3, device=device, dtype=torch.int64)
+
+    def score(first: int, n: int, train: bool) -> Tensor:
+        ids = val_tokens[first : first + n + 1].to(device=device, dtype=torch.int64)[None]
+        model.train(train)
+        with torch.set_grad_enabled(train), autocast_ctx(device):
+            loss = model(ids[:, :-1], ids[:, 1:])
+        with torch.no_grad():
+            sums.add_(torch.stack([loss.double() * n, torch.tensor(n, device=device, dtype=torch.float64),
+                                   target_bytes(ids[:, :-1], ids[:, 1:], luts, [first + 1]).double().sum()]))
+            if ledger is not None and ledger.dir:  # probe mode only: per-token scores
+                logits = model(ids[:, :-1])[0].float()
+                ledger.score(first + 1, F.cross_entropy(logits, ids[0, 1:], reduction="none"), logits)
+        return loss
+
+    for first, n in rank_share([d for d in docs if d[1] + 1 < args.ttt_min_doc_len], rank, world_size):
+        score(first, n, False)
+    for first, n in rank_share([d for d in docs if d[1] + 1 >= args.ttt_min_doc_len], rank, world_size):
+        for ad in adapters:
+            ad.reset()
+        opt = torch.optim.Adam(params, lr=args.ttt_lora_lr)
+        counts[0] += 1
+        for c0 in range(0, n, args.ttt_chunk_len):
+            c1 = min(c0 + args.ttt_chunk_len, n)
+            if c1 - c0 < 2 and not args.ttt_score_all:
+                continue
+            loss = score(first + c0, c1 - c0, c1 < n)
+            counts[1] += 1
+            if c1 < n:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                counts[2] += 1
+                if ledger is not None:
+                    ledger.step([(first + c0, first + c1 + 1)], [(first + 1, first + n + 1)])
+    documents, chunks, steps = all_reduce_(counts).tolist()
+    log0(f"ttt:lora_chunks documents:{documents} chunks:{chunks} steps:{steps}")
+    for h in hooks:
+        h.remove()
+    model.requires_grad_(True).train()
+    return finish_scores(sums)

@@ -264,6 +264,24 @@ def test_code_lines_binds_golf_pack_output_only(record):
     assert verify_folder(record(ok, name="2026-05-02_OK")).by_check("code.lines") == []
 
 
+def test_code_lines_counts_the_shipped_script_a_wrapped_one_passes_with_its_readable_twin(record):
+    from packager.wrap import wrap_lzma_b85
+
+    readable = script(lines=1700) + 'MSG = f"{__name__}: a" " b"\n'  # the payload joins the two: one f-string
+    wrapped = wrap_lzma_b85(readable, "# a golf-pack script")
+    other = readable.replace("x7 = 7", "x7 = 8")  # beside it, but not the program the wrapper runs
+
+    def lines_findings(extra: dict, name: str):
+        files = three_seed_record(code_len=len(wrapped.encode()), extra_files={"train_gpt.py": wrapped, **extra})
+        return verify_folder(record(files, name=name), profile="strict").by_check("code.lines")
+
+    assert lines_findings({"train_gpt_readable.py": readable}, "2026-05-02_TWIN") == []
+    for extra, name in (({}, "2026-05-02_ALONE"), ({"train_gpt_readable.py": other}, "2026-05-02_OTHER")):
+        (finding,) = lines_findings(extra, name)
+        assert finding.severity == "error" and finding.evidence["lines"] > 1500
+        assert "once unwrapped" in finding.message and "no readable twin" in finding.message
+
+
 def test_code_provenance_size_and_sha(record):
     files = three_seed_record()
     files["train_seed42.log"] = early_log(seed=42, val_bpb=1.2010, val_loss=1.2010 / SP1024_RATIO, total=15_801_000,

@@ -2,33 +2,92 @@
 
 from __future__ import annotations
 
+import ast
+
 from verifier.checks import check
+from verifier.pysource import drop_docstrings, parse
 
 LINE_LIMIT = 1500
 
 
 @check("code.lines", title="Script over 1500 lines", severity="warning", strict_severity="error",
        rule="README readability rule: the root train_gpt.py stays under 1500 lines; records are not bound "
-            "by it, golf-pack renders every script under it",
-       hint="Move optional features out of the recipe or simplify the code; golf-pack output must stay under 1500 lines.",
-       description="The training script's line count after unwrapping a self-extracting lzma/base85 wrapper "
-                   "(decoded statically, never executed) must be at most 1500 for golf-pack output (an error). "
-                   "Other records are not bound by the rule and get no finding. A tiny launcher that runs "
-                   "another file is measured by that file.")
+            "by it; golf-pack ships every train_gpt.py under it (wrapped, with its readable twin beside it, "
+            "when the readable form is longer)",
+       hint="Move optional features out of the recipe or simplify the code, or ship the script wrapped "
+            "(code: {wrap: lzma_b85}) with its readable twin beside it.",
+       description="For golf-pack output (an error): the shipped training script must be at most 1500 lines. "
+                   "A self-extracting lzma/base85 wrapper (decoded statically, never executed) is fine when its "
+                   "readable twin ships beside it (a top-level script whose program, docstrings aside, is the "
+                   "decoded payload); without one the payload must be at most 1500 lines, and a payload that "
+                   "cannot be decoded is a warning. Other records are not bound by the rule and get no finding. "
+                   "A tiny launcher that runs another file is measured by that file.")
 def code_lines(a, emit):
     name = a.folder.code_script
     info = a.folder.scripts.get(name or "")
     if info is None or not a.strict:  # the rule binds golf-pack output only; other records are not bound by it
         return
-    if info.wrapper not in ("none",) and info.unwrapped_lines is None:
+    if info.lines > LINE_LIMIT:
+        emit(f"{name} has {info.lines} lines as shipped", file=name, lines=info.lines, limit=LINE_LIMIT,
+             wrapper=info.wrapper)
+        return
+    if info.wrapper == "none":
+        return
+    if info.unwrapped_lines is None:
         emit(f"{name} is a self-extracting script whose payload could not be decoded; its real length is "
              f"unknown", file=name, severity="warning", wrapper=info.wrapper, problems=info.problems[:3])
         return
-    lines = info.effective_lines
-    if lines > LINE_LIMIT:
-        what = f"{lines} lines" + (f" once unwrapped ({info.lines} as shipped, {info.wrapper})"
-                                   if info.unwrapped_lines is not None else "")
-        emit(f"{name} has {what}", file=name, lines=lines, limit=LINE_LIMIT, wrapper=info.wrapper)
+    if info.unwrapped_lines > LINE_LIMIT and readable_twin(a, name, info) is None:
+        emit(f"{name} has {info.unwrapped_lines} lines once unwrapped ({info.lines} as shipped, {info.wrapper}) "
+             "and no readable twin beside it", file=name, lines=info.unwrapped_lines, limit=LINE_LIMIT,
+             wrapper=info.wrapper)
+
+
+def program_dump(text: str) -> str | None:
+    """The syntax tree of a source without its docstrings (a fresh parse: the cached trees stay intact), its
+    f-strings' text joined (see _JoinText)."""
+    tree = parse(text).tree
+    return None if tree is None else ast.dump(_JoinText().visit(drop_docstrings(tree)))
+
+
+class _JoinText(ast.NodeTransformer):
+    """verifier.pysource writes an f-string as a tuple of its text runs and fields, and joins adjacent literals
+    with +; the wrapper's payload (ast.unparse) writes each concatenation as one f-string. One flat tuple with
+    adjacent text merged makes both spellings of a string compare equal."""
+
+    def visit_BinOp(self, node):
+        node = self.generic_visit(node)
+        parts = [node.left, node.right]
+        if isinstance(node.op, ast.Add) and any(isinstance(p, ast.Tuple) for p in parts) and all(
+                isinstance(p, ast.Tuple) or _text(p) for p in parts):
+            return self.visit_Tuple(ast.Tuple(elts=[e for p in parts for e in (p.elts if isinstance(p, ast.Tuple)
+                                                                              else [p])], ctx=ast.Load()))
+        return node
+
+    def visit_Tuple(self, node):
+        node = self.generic_visit(node)
+        elts = []
+        for e in node.elts:
+            if elts and _text(e) and _text(elts[-1]):
+                elts[-1] = ast.Constant(value=elts[-1].value + e.value)
+            elif not (_text(e) and e.value == ""):
+                elts.append(e)
+        node.elts = elts
+        return node
+
+
+def _text(node) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def readable_twin(a, name: str, info) -> str | None:
+    """The top-level script beside a wrapped one whose program, docstrings aside, is its decoded payload."""
+    payload = program_dump(info.text or "")
+    for other, twin in sorted(a.folder.scripts.items()):
+        if other != name and "/" not in other and twin.wrapper == "none" and twin.text and payload is not None \
+                and program_dump(twin.text) == payload:
+            return other
+    return None
 
 
 @check("code.provenance", title="Logs ran different code", severity="warning", strict_severity="error",

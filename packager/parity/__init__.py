@@ -1,0 +1,1 @@
+"""Parity of the seed recipes with the records' own scripts (see compare.py)."""
