@@ -324,7 +324,8 @@ def test_chunked_ttt_that_trains_before_scoring_fails(rendered, tiny_data, tmp_p
 
 @pytest.mark.slow
 def test_training_on_validation_shards_fails_isolation(rendered, tiny_data, tmp_path):
-    folder = patched(rendered["naive_baseline"], tmp_path, 'for split in ("train", "val")]', 'for split in ("val", "val")]')
+    folder = patched(rendered["naive_baseline"], tmp_path, 'train_files = os.path.join(args.data_path, "fineweb_train_*.bin")',
+                     'train_files = os.path.join(args.data_path, "fineweb_val_*.bin")')
     result = probe(folder, tiny_data)
     assert statuses(result) == {"probe.causality": "pass", "probe.ledger": "pass", "probe.normalization": "pass",
                                 "probe.isolation": "fail"}, explain(result)

@@ -58,6 +58,9 @@ def problems_of(folder: Path) -> list[str]:
     illegal = load_recipe(folder / "recipe.yaml").values.get("ttt_mode") in ("pre_eval", "two_phase_pre_eval")
     if illegal and not any(f.check == "ttt.static" for f in errors):
         out.append(f"{name}: pre-eval TTT recipe not rejected by golf-verify's ttt.static")
+    legality = [f for f in errors if f.check.startswith(("ttt.", "legal."))]
+    if not illegal and legality:  # the verifier must follow validation data, not mistake training data for it
+        out.append(f"{name}: golf-verify {legality[0].check} on a legal recipe: {legality[0].message}")
     return out
 
 

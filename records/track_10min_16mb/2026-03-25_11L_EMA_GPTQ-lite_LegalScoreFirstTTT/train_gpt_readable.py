@@ -1106,15 +1106,14 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
 
-def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
-    """(train shards, validation shards, tokenizer), the batches cut from them checked; errors name the variable."""
+def open_data(args, train_files: str, val_files: str) -> spm.SentencePieceProcessor:
+    """The tokenizer, with the shards and the batches cut from them checked; errors name the variable."""
     span = 8 * args.train_seq_len  # steps and validation passes cut 8 shares (world size x accumulation)
     if args.train_batch_tokens % span:
         raise ValueError(f"TRAIN_BATCH_TOKENS={args.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN = {span}")
     if args.val_batch_size < span:
         raise ValueError(f"VAL_BATCH_SIZE={args.val_batch_size} must be at least 8 x TRAIN_SEQ_LEN = {span}")
-    shards = [os.path.join(args.data_path, f"fineweb_{split}_*.bin") for split in ("train", "val")]
-    for pattern in shards:
+    for pattern in (train_files, val_files):
         if not glob.glob(pattern):
             raise FileNotFoundError(f"DATA_PATH={args.data_path} holds no {Path(pattern).name} shards")
     if not Path(args.tokenizer_path).is_file():
@@ -1122,7 +1121,7 @@ def open_data(args) -> tuple[str, str, spm.SentencePieceProcessor]:
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
     if int(sp.vocab_size()) != args.vocab_size:
         raise ValueError(f"VOCAB_SIZE={args.vocab_size} does not match the tokenizer's {int(sp.vocab_size())} pieces")
-    return shards[0], shards[1], sp
+    return sp
 
 def build_model(args, device: torch.device) -> GPT:
     model = GPT(args).to(device)
@@ -1300,7 +1299,9 @@ def main() -> None:
         check_export_args(args)
         eval_pass_names(args)
         eval_window(args)
-        train_files, val_files, sp = open_data(args)
+        train_files = os.path.join(args.data_path, "fineweb_train_*.bin")
+        val_files = os.path.join(args.data_path, "fineweb_val_*.bin")
+        sp = open_data(args, train_files, val_files)
         val_tokens = load_validation_tokens(val_files, args.train_seq_len)
         distributed, rank, world_size, local_rank, device = setup_distributed()
         seed_everything(args.seed)
