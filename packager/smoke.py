@@ -22,7 +22,7 @@ from packager.errors import UserError
 
 SMOKE_TIMEOUT_S = 300.0
 # Lines of a smoke log worth showing: the scores of each eval path and what TTT did.
-_SHOWN = re.compile(r"^(?:final_\w+(?<!_exact)|legal_ttt|ttt:\w+) ")
+_SHOWN = re.compile(r"^(?:(?:final|quantized)_\w+(?<!_exact)|legal_ttt|ttt:\w+) ")
 
 
 def smoke_env(recipe) -> dict[str, str]:
@@ -46,9 +46,14 @@ class SmokeRun:
 
 
 def _tiny_data(recipe, root: Path) -> tuple[str, str]:
+    """The tiny dataset at the recipe's vocabulary; CaseOps-transformed, with its byte sidecar, if the recipe reads one."""
+    from packager.caseops import build_tiny_caseops
     from packager.tinydata import build_tiny_dataset
 
-    built = build_tiny_dataset(root / "tiny", vocab_size=recipe.values["vocab_size"])
+    if recipe.values.get("caseops_enabled"):
+        built = build_tiny_caseops(root / "tiny", vocab_size=recipe.values["vocab_size"])
+    else:
+        built = build_tiny_dataset(root / "tiny", vocab_size=recipe.values["vocab_size"])
     return built["data_path"], built["tokenizer_path"]
 
 

@@ -225,7 +225,7 @@ def test_smoke_settings_come_from_the_features_and_the_manifest_carries_them(fol
     assert base == SMOKE_OVERRIDES  # the baseline has no feature of its own to shrink
     lora = smoke_env(load_recipe(ROOT / "recipes" / "lora_ttt_swiglu_1xh100.yaml"))
     assert {k: lora[k] for k in ("TTT_CHUNK_LEN", "XSA_LAST_N", "SWA_EVERY")} == {
-        "TTT_CHUNK_LEN": "64", "XSA_LAST_N": "1", "SWA_EVERY": "2"}
+        "TTT_CHUNK_LEN": "128", "XSA_LAST_N": "1", "SWA_EVERY": "2"}
     # features the recipe does not use (its LoRA TTT adapts one document at a time: no TTT_BATCH_DOCS)
     assert "TTT_CHUNK_TOKENS" not in lora and "EVAL_STRIDE" not in lora and "TTT_BATCH_DOCS" not in lora
     for recipe, folder in folders.items():

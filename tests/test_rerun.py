@@ -93,7 +93,7 @@ def test_smoke_rerun_of_a_golf_pack_folder_adds_its_features_settings(tmp_path, 
         rerun.rerun_folder(folder, smoke=True, seeds=[1], isolate=False, data_path=str(tmp_path),
                            tokenizer_path=str(folder / "recipe.yaml"), extra_env={"TTT_BATCH_DOCS": "8"},
                            progress=lambda msg: None)
-    assert seen["TTT_CHUNK_LEN"] == "64" and seen["XSA_LAST_N"] == "1" and seen["TTT_BATCH_DOCS"] == "8"
+    assert seen["TTT_CHUNK_LEN"] == "128" and seen["XSA_LAST_N"] == "1" and seen["TTT_BATCH_DOCS"] == "8"
     assert not (folder / "verify").exists()
 
 

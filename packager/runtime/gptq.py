@@ -34,7 +34,7 @@ HPARAMS = (
     HP("gptq", "GPTQ_ENABLED", "export.gptq", bool, False, feature="gptq",
        doc="GPTQ export (int6 matrices, int7 embedding, SDClip) instead of the per-row int8 baseline"),
     HP("gptq_calibration_batches", "GPTQ_CALIBRATION_BATCHES", "export.gptq_calibration_batches", int, 16,
-       feature="gptq", doc="training batches per rank that feed the Hessians", minimum=1),
+       feature="gptq", doc="training batches per rank that feed the Hessians", minimum=1, smoke=2),
     HP("gptq_reserve_seconds", "GPTQ_RESERVE_SECONDS", "export.gptq_reserve_seconds", float, 0.0, feature="gptq",
        doc="seconds of the training cap left for Hessian collection, which reads training data", minimum=0.0),
     HP("gptq_block_size", "GPTQ_BLOCK_SIZE", "export.gptq_block_size", int, 128, feature="gptq",

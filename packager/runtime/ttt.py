@@ -60,7 +60,7 @@ HPARAMS = (
        doc="adapted layers: q, k, v, o (attention), fc, proj (MLP), head (lora only)"),
     HP("ttt_lora_lr", "TTT_LORA_LR", "ttt.lora_lr", float, 0.01, feature="ttt_lora_any", doc="Adam LR of the adapters"),
     HP("ttt_chunk_len", "TTT_CHUNK_LEN", "ttt.chunk_len", int, 256, feature="ttt_lora_any",
-       doc="tokens scored per LoRA step", minimum=1, smoke=64),
+       doc="tokens scored per LoRA step", minimum=1, smoke=128),
     HP("ttt_batch_docs", "TTT_BATCH_DOCS", "ttt.batch_docs", int, 64, feature="ttt_doc_lora",
        doc="documents adapted side by side, each with its own adapters", minimum=1, smoke=16),
     HP("ttt_min_doc_len", "TTT_MIN_DOC_LEN", "ttt.min_doc_len", int, 32, feature="ttt_lora_chunks", minimum=1,
