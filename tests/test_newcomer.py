@@ -267,7 +267,7 @@ def test_the_console_script_routes_smoke(monkeypatch):
     from packager import cli
 
     calls = []
-    monkeypatch.setattr(cli, "smoke", lambda **kw: calls.append(kw) or sys.exit(0))
+    monkeypatch.setitem(cli.SUBCOMMANDS, "smoke", lambda **kw: calls.append(kw) or sys.exit(0))
     monkeypatch.setattr(sys, "argv", ["golf-pack", "smoke", "my-record", "--nproc", "1"])
     with pytest.raises(SystemExit):
         cli.pack_main()
