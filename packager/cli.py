@@ -102,7 +102,7 @@ def data() -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 def data_tiny(out: Path) -> None:
     """Build the tiny dataset (tokenizer + FineWeb-format shards) from Python's own docs."""
-    from packager.tinydata import build_tiny_dataset
+    from verifier.tinydata import build_tiny_dataset
 
     try:
         summary = build_tiny_dataset(out)

@@ -683,7 +683,7 @@ def _prepare_data(root: Path, data_path, tokenizer_path) -> tuple[Path, Path, st
     if data_path is not None:
         data = Path(data_path).resolve()
         return data, Path(tokenizer_path).resolve(), "given"
-    from packager.tinydata import build_tiny_dataset
+    from verifier.tinydata import build_tiny_dataset
 
     built = build_tiny_dataset(root / "tiny")
     tok = Path(tokenizer_path).resolve() if tokenizer_path is not None else Path(built["tokenizer_path"])

@@ -746,7 +746,7 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
         if smoke and data_path is None:
             if tokenizer_path is not None:
                 raise RerunError("--smoke with --tokenizer-path needs --data-path too")
-            from packager.tinydata import build_tiny_dataset
+            from verifier.tinydata import build_tiny_dataset
 
             tiny = tmp / "tiny"
             build_tiny_dataset(tiny)
