@@ -27,7 +27,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, load_folder
 from verifier.logs import LogSummary, parse_log
 from verifier.report import Report
 from verifier.stats import DEFAULT_POLICY, load_policy
+from verifier.harness.proc import (LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, kill_tree,  # noqa: F401
+                                   network_isolation)
 
 __all__ = ["SMOKE_OVERRIDES", "DEFAULT_TIMEOUT_S", "SMOKE_TIMEOUT_S", "DEFAULT_TOLERANCE_BPB", "RERUN_VERSION",
            "RerunError", "SeedRun", "RerunResult", "RerunOutcome", "rerun_folder", "find_records",
@@ -70,13 +71,6 @@ SMOKE_OVERRIDES: dict[str, str] = {
     "ROPE_DIMS": "8",
 }
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-              "FTP_PROXY", "ALL_PROXY", "NO_PROXY")
-# torchrun sets these itself; inherited ones (a shell inside another job) would confuse it.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-
 # The reproduction view is the record folder with its own logs replaced by the rerun's logs and without
 # its submission JSON: the claims are compared with the reproduced scores by rerun.reproduce, within a
 # stated tolerance, and a plain `golf-verify FOLDER` checks the claims themselves. Every check whose
@@ -96,16 +90,6 @@ SKIP_IN_VIEW = {
 }
 SKIP_IN_SMOKE_VIEW = {"data.val-tokens": "smoke: the tiny dataset is not the canonical validation set",
                       "hardware.track": "smoke: a CPU run; rerun.hardware reports the device"}
-
-# Bring the loopback interface up inside a fresh network namespace, then exec the real command.
-_LO_UP = (
-    "import fcntl,os,socket,struct,sys\n"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-    "f=struct.unpack('16sH',fcntl.ioctl(s,0x8913,struct.pack('16sH22x',b'lo',0))[:18])[1]\n"
-    "fcntl.ioctl(s,0x8914,struct.pack('16sH22x',b'lo',f|1))\n"
-    "s.close()\n"
-    "os.execvp(sys.argv[1],sys.argv[1:]) if len(sys.argv)>1 else print('lo-up')\n"
-)
 
 _STEP = re.compile(r"^(?:step:)?(\d{1,12})/(\d{1,12})\s+(train_loss|val_loss)\b")
 _WARMUP = re.compile(r"^warmup_step:\s?(\d{1,12})/(\d{1,12})")
@@ -289,28 +273,6 @@ def _script_default(text: str, name: str) -> str | None:
 # environment
 
 
-def network_isolation(timeout: float = 20.0) -> tuple[list[str], str, str | None]:
-    """(command prefix, name, note): a prefix that runs a command in a network namespace of its own with
-    loopback up, or ([], "none", why not) where this machine allows none."""
-    if not sys.platform.startswith("linux"):
-        return [], "none", f"no network namespaces on {sys.platform}"
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return [], "none", "unshare(1) not found"
-    last = "unshare -n failed"
-    for flags, name in ((["-n"], "unshare -n"), (["-r", "-n"], "unshare -r -n")):
-        prefix = [unshare, *flags, sys.executable, "-c", _LO_UP]
-        try:
-            probe = subprocess.run(prefix, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            last = f"{name}: {exc}"
-            continue
-        if probe.returncode == 0 and "lo-up" in probe.stdout:
-            return prefix, name, None
-        last = f"{name}: " + ((probe.stderr or probe.stdout).strip().splitlines() or ["exit code %d" % probe.returncode])[-1]
-    return [], "none", f"{last[:200]} (offline environment variables only)"
-
-
 def visible_gpus(timeout: float = 60.0) -> int:
     """GPUs torch can see in a child process (CUDA_VISIBLE_DEVICES respected); 0 when none or no torch."""
     code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
@@ -489,68 +451,6 @@ def _new_artifact(dirs: list[Path], before: dict) -> Path | None:
     return None
 
 
-def _proc_stat(pid: int | str) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of a process, from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _descendants(pid: int) -> list[tuple[int, int]]:
-    """Every process below pid (Linux /proc). torchrun starts its workers in sessions of their own, so
-    killing torchrun's process group alone can leave them running."""
-    children: dict[int, list[tuple[int, int]]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for name in entries:
-        info = _proc_stat(name) if name.isdigit() else None
-        if info is not None:
-            children.setdefault(info[0], []).append((int(name), info[1]))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child[0])
-    return out
-
-
-def _signal_all(proc: subprocess.Popen, pids: list[tuple[int, int]], sig: int) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid, started in pids:
-        info = _proc_stat(pid)
-        if info is None or info[1] != started:  # gone, or the pid now names another process
-            continue
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM (torchrun forwards it to its workers), then SIGKILL to whatever is left, workers included."""
-    pids = _descendants(proc.pid)
-    _signal_all(proc, pids, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    pids = sorted(set(pids) | set(_descendants(proc.pid)))
-    _signal_all(proc, pids, signal.SIGKILL)
-    try:
-        proc.wait(timeout=10.0)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path, timeout_s: float,
               say: Callable[[str], None]) -> None:
     watch_dirs = [log_dir, cwd]
@@ -585,7 +485,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
                 run.status = "timeout"
                 say(f"seed {run.index}/{run.total} +{now - t0:.1f}s TIMEOUT ({timeout_s:g}s) in "
                     f"{run.phase_text()}: killing the process group")
-                _kill_group(proc)
+                kill_tree(proc)
                 break
             try:
                 when, text = lines.get(timeout=min(0.5, max(0.01, deadline - now)))
@@ -602,7 +502,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
                     watcher.artifact(_now(), "file", f"{found.name} appeared")
     except KeyboardInterrupt:
         run.status = "interrupted"
-        _kill_group(proc, grace=3.0)
+        kill_tree(proc, grace=3.0)
     thread.join(timeout=15.0)
     while True:  # lines printed before the kill
         try:
@@ -614,7 +514,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
     try:
         run.returncode = proc.wait(timeout=30.0)
     except subprocess.TimeoutExpired:
-        _kill_group(proc, grace=1.0)
+        kill_tree(proc, grace=1.0)
         run.returncode = proc.poll()
     end = _now()
     run.timers["wall_s"] = round(end - t0, 3)
