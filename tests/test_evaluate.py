@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from packager.hparams import make_args
 from packager.runtime.bpb import eval_val
-from packager.runtime.evaluate import Ledger, eval_sliding, eval_windows
+from packager.runtime.evaluate import eval_sliding, eval_windows
 from packager.runtime.model import GPT
 
 CPU = torch.device("cpu")

@@ -52,6 +52,7 @@ PROBE_IDS = ("probe.causality", "probe.single-pass", "probe.normalization", "pro
 NOT_CHECKED = "not checked"
 NORMALIZATION_TOLERANCE = 1e-4
 POSITION_FRACTION = 0.6
+FULL_COVERAGE = 0.99  # a figure whose scores are not all captured is not judged on its mean
 _CHUNK_KNOBS = ("TTT_CHUNK_TOKENS", "GLOBAL_TTT_CHUNK_TOKENS", "TTT_CHUNK_SIZE", "TTT_CHUNK_LEN")
 
 
@@ -321,7 +322,7 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
     """Each printed val_loss is the mean of one score per token: the first one captured."""
     pid = "probe.single-pass"
     s = _placed(cap, tokens)
-    problems, seen = [], []
+    problems, seen, undecided = [], [], []
     for f, calls in _figure_groups(cap):
         fig = cap.figures[f]
         sel = np.nonzero(np.isin(s.call, calls))[0]
@@ -354,6 +355,9 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
                 f"{float(s.nll[j1]):.6f} at {w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''} "
                 f"and later {float(s.nll[j2]):.6f} at {w2['site']}: C3/C4, a token's score is fixed before any "
                 "update that saw it, and counted once", q, w1["site"], fig.name, len(changed)))
+        elif len(first) < FULL_COVERAGE * (len(tokens) - 1):
+            undecided.append(f"{fig.name} (val_loss {fig.val_loss}; captured scores of {len(first)} of "
+                             f"{len(tokens) - 1} tokens average {mean_first:.8f})")
         else:
             problems.append(Problem(
                 "figure-not-from-scores", f"{fig.name} reports val_loss {fig.val_loss} but the captured scores of "
@@ -363,6 +367,9 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
     if not seen:
         return _not_checked(pid, "no printed val_loss is fed by captured scores of validation positions")
     evidence = {"figures": seen}
+    if undecided and not problems:
+        return _not_checked(pid, "a printed val_loss differs from the mean of the captured scores, which cover only "
+                                 f"part of the validation tokens: {'; '.join(undecided)}", **evidence)
     return _outcome(pid, problems, evidence,
                     f"each printed val_loss is the mean of one score per token, the first captured: "
                     f"{', '.join(seen)}")

@@ -1,4 +1,4 @@
-"""`golf-verify FOLDER --rerun`: run a record's train_gpt.py again, seed by seed, and check what it prints.
+"""`golf-verify FOLDER --rerun`: run a record's training script again, seed by seed, and check what it prints.
 
 Each seed runs as `python -m torch.distributed.run --standalone --nproc_per_node=N train_gpt.py` in a
 temporary copy of the folder (the record folder itself is never written to, except for the new
@@ -13,8 +13,10 @@ temporary copy of the folder (the record folder itself is never written to, exce
 - the reproduction view: a second temporary copy of the folder whose own logs are replaced by the new
   ones, verified with every static check, plus the rerun findings (verifier/checks/rerun.py).
 
-`--smoke` does the same on CPU with the tiny dataset (built in a temporary folder unless
-`--data-path` is given) and SMOKE_OVERRIDES; scores are then not compared with the claims.
+`--smoke` does the same on CPU under the harness (verifier/harness: CPU shims injected from outside, so
+any record's script runs unmodified) with the tiny dataset in the script's own format (built in a
+temporary folder unless `--data-path` is given) and the plan's small settings (the record's run
+configuration shrunk by verifier/harness/profiles.json); scores are then not compared with the claims.
 
 Public API: rerun_folder(...) -> RerunOutcome; find_records(root); SMOKE_OVERRIDES.
 """
@@ -44,8 +46,11 @@ from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, load_folder
 from verifier.logs import LogSummary, parse_log
 from verifier.report import Report
 from verifier.stats import DEFAULT_POLICY, load_policy
+from verifier.harness.data import DataDir, load_tokenizer, text_splits, write_data
 from verifier.harness.proc import (LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, kill_tree,  # noqa: F401
                                    network_isolation)
+from verifier.harness.run import harness_env
+from verifier.harness.script import Plan, load_profiles, plan_folder
 
 __all__ = ["SMOKE_OVERRIDES", "DEFAULT_TIMEOUT_S", "SMOKE_TIMEOUT_S", "DEFAULT_TOLERANCE_BPB", "RERUN_VERSION",
            "RerunError", "SeedRun", "RerunResult", "RerunOutcome", "rerun_folder", "find_records",
@@ -58,18 +63,10 @@ DEFAULT_TOLERANCE_BPB = 0.002
 TRAIN_CAP_S = 600.0
 PROGRESS_EVERY_S = 10.0
 
-# Small model, few steps: a smoke rerun takes seconds per seed on CPU. The keys of tests/test_e2e.py
-# SMOKE_ENV and tests/test_recipes.py SMOKE (the latter wins where both set a key).
-SMOKE_OVERRIDES: dict[str, str] = {
-    "ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "128", "TRAIN_BATCH_TOKENS": "2048", "VAL_BATCH_SIZE": "16384",
-    "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "3", "WARMDOWN_ITERS": "10", "MAX_WALLCLOCK_SECONDS": "0",
-    "MATRIX_LR": "0.02",
-    "EVAL_SEQ_LEN": "128", "EVAL_STRIDE": "64", "TTT_CHUNK_TOKENS": "4096", "TTT_CHUNK_LEN": "64", "TTT_EPOCHS": "1",
-    "TTT_PHASE1_EPOCHS": "1", "TTT_PHASE2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_PHASE2_LAST_K": "1",
-    "XSA_LAST_N": "1", "VE_LAYERS": "1", "BIGRAM_VOCAB_SIZE": "512", "BIGRAM_DIM": "32", "VE_DIM": "32",
-    "ROPE_DIMS": "8",
-}
+# Small model, few steps: a smoke rerun takes seconds per seed on CPU. `--smoke` runs the script under the
+# CPU harness (verifier/harness) with the plan's settings: the record's run configuration shrunk by the
+# profiles of verifier/harness/profiles.json, whose first ("tiny") is this table.
+SMOKE_OVERRIDES: dict[str, str] = dict(load_profiles()[0]["env"])  # the harness's "tiny" profile
 
 # The reproduction view is the record folder with its own logs replaced by the rerun's logs and without
 # its submission JSON: the claims are compared with the reproduced scores by rerun.reproduce, within a
@@ -284,7 +281,8 @@ def visible_gpus(timeout: float = 60.0) -> int:
 
 
 def _child_env(base: dict, *, script_vars: set[str], smoke: bool, extra: dict, seed: int, log_dir: Path,
-               data_path: str | None, tokenizer_path: str | None, isolated: bool) -> tuple[dict, list[str]]:
+               data_path: str | None, tokenizer_path: str | None, isolated: bool, plan: Plan | None = None) \
+        -> tuple[dict, list[str]]:
     removed = []
     env = {}
     for key, value in base.items():
@@ -296,10 +294,10 @@ def _child_env(base: dict, *, script_vars: set[str], smoke: bool, extra: dict, s
         env[key] = value
     env.update(OFFLINE_ENV)
     env["PYTHONUNBUFFERED"] = "1"
-    if smoke:
-        env.update(SMOKE_OVERRIDES)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["OMP_NUM_THREADS"] = "1"
+    if smoke:  # the CPU harness: its shims on PYTHONPATH, the plan's small settings, the data in its format
+        data = DataDir(Path(data_path).parent.parent, Path(data_path), Path(tokenizer_path or ""), None) \
+            if data_path else None
+        env.update(harness_env(plan, data, capture=None, log_dir=log_dir, seed=str(seed)) if data else {})
     if isolated:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
@@ -608,12 +606,12 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
     shown = display if display is not None else str(path)
     if not src.is_dir():
         raise RerunError(f"{path}: not a folder")
-    script = src / "train_gpt.py"
-    if not script.is_file():
-        raise RerunError(f"{path}: no train_gpt.py to run")
+    plan = plan_folder(src)
+    if plan.problem:
+        raise RerunError(f"{path}: {plan.problem}")
     if tolerance < 0:
         raise RerunError("--tolerance must be >= 0")
-    script_text = script.read_text(encoding="utf-8", errors="replace")
+    script_text = plan.source
     try:
         per_seed, claimed_seeds, claimed_hw, _status, track = _claims(src)
     except (OSError, ValueError) as exc:
@@ -635,24 +633,26 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
         if key in extra:
             raise RerunError(f"--env {key}=...: golf-verify sets {key} itself")
 
-    script_vars = set(_HP_ENV.findall(script_text))
+    script_vars = set(plan.knobs)
     before = tree_digest(src)
     result = RerunResult(folder=shown, track=track, smoke=smoke, nproc=nproc, timeout_s=timeout_s,
                          tolerance=float(tolerance), seeds=[], claimed_hardware=claimed_hw,
-                         env_overrides=dict(SMOKE_OVERRIDES, **extra) if smoke else dict(extra),
+                         env_overrides=dict(plan.env, **extra) if smoke else dict(extra),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory(prefix="golf-rerun-") as tmp_name:
         tmp = Path(tmp_name)
         if smoke and data_path is None:
             if tokenizer_path is not None:
                 raise RerunError("--smoke with --tokenizer-path needs --data-path too")
-            from verifier.tinydata import build_tiny_dataset
-
-            tiny = tmp / "tiny"
-            build_tiny_dataset(tiny)
-            data_path = str(tiny / "datasets" / "fineweb10B_sp1024")
-            tokenizer_path = str(tiny / "tokenizers" / "fineweb_1024_bpe.model")
-            sources = ("tiny dataset (built)", "tiny dataset (built)")
+            try:
+                tok = load_tokenizer(src, plan.vocab, tmp / "tokenizer")
+                train, val = text_splits(tok)
+                built = write_data(tmp / "data", tok, train, val, plan.reads_byte_sidecar)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RerunError(f"--smoke: cannot build data for a {plan.vocab}-token vocabulary: {exc}") from None
+            data_path, tokenizer_path = str(built.dataset), str(built.tokenizer)
+            what = f"tiny dataset (built; {'the folder' if tok.source == 'folder' else 'a trained'} tokenizer)"
+            sources = (what, what)
         else:
             data_path, d_src = _resolve_path(data_path, "DATA_PATH", script_text)
             if smoke and tokenizer_path is None:  # the tiny layout: OUT/datasets/<name>, OUT/tokenizers/<model>
@@ -676,8 +676,8 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
         run_dir = tmp / "run" / track_dir / src.resolve().name
         _copy_folder(src, run_dir)
         cmd = [*prefix, sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "train_gpt.py"]
-        mode = "smoke (CPU, tiny dataset)" if smoke else "full"
+               f"--nproc_per_node={nproc}", plan.entry]
+        mode = "smoke (CPU harness, tiny dataset)" if smoke else "full"
         say(f"rerun {shown}: {len(run_seeds)} seed(s) {run_seeds}, {mode}, {nproc} process(es) per seed, "
             f"timeout {timeout_s:g}s, network: {result.network}"
             + (f" ({result.network_note})" if result.network_note else ""))
@@ -688,7 +688,7 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
             log_dir.mkdir(parents=True)
             env, removed = _child_env(os.environ, script_vars=script_vars, smoke=smoke, extra=extra, seed=run.seed,
                                       log_dir=log_dir, data_path=data_path, tokenizer_path=tokenizer_path,
-                                      isolated=bool(prefix))
+                                      isolated=bool(prefix), plan=plan)
             result.env_removed = sorted(set(result.env_removed) | set(removed))
             say(f"seed {run.index}/{run.total} (SEED={run.seed}): starting torchrun --nproc_per_node={nproc}")
             _run_seed(run, cmd, run_dir, env, log_dir, timeout_s, say)

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
 from torch import Tensor
 
@@ -69,7 +68,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
 
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -90,10 +89,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
                 with autocast_ctx(device):
                     batch_loss = model(x, y).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += count_bytes(x.reshape(-1), y.reshape(-1), luts).to(torch.float64).sum()

@@ -22,7 +22,7 @@ from packager.runtime.bpb import build_sentencepiece_luts, eval_val
 from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
 from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
-from packager.runtime.evaluate import Ledger, eval_sliding
+from packager.runtime.evaluate import eval_sliding
 from packager.runtime.features import HP, feature
 from packager.runtime.model import GPT, CastedLinear, attention_backend_name, restore_low_dim_params_to_fp32
 from packager.runtime.optim import build_optimizers, lr_multiplier, muon_momentum_at
@@ -276,18 +276,15 @@ def main() -> None:
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
     final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
     paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts)))]
     if feature("sliding"):
         paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+            args, model, rank, world_size, device, val_tokens, luts)), f" stride:{args.sliding_stride}"))
     if feature("ttt"):
         # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
         paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+            args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]

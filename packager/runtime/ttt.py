@@ -79,9 +79,9 @@ BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if feature("ttt_lora"):
         if args.ttt_mode == "lora":
             return ("final_ttt_lora", *eval_ttt_lora(*run))
@@ -97,7 +97,7 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device):
     """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
@@ -117,11 +117,9 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         if args.ttt_grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
         opt.step()
-        if ledger is not None:
-            ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
 
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, train_chunk):
     """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
@@ -129,7 +127,7 @@ def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, led
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
-        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
+        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs)
         if ci < len(groups) - 1:
             train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
     model.requires_grad_(True).train()
@@ -146,17 +144,15 @@ def cosine_lr(base: float, i: int, n: int, on: bool) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * i / max(n, 1))) if on else base
 
 
-def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Score-first chunk TTT: score a chunk's windows, then ttt_epochs SGD passes on it."""
-    if ledger is not None:
-        ledger.begin("ttt_chunked")
     params, opt = sgd_setup(args, model)
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
         for _ in range(args.ttt_epochs):
-            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device)
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, train_chunk)
 
 
 def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
@@ -172,10 +168,8 @@ def two_phase_params(args, model: nn.Module) -> tuple[list, list, str]:
     return phase1, phase2, "tok_emb (tied embeddings)" if model.lm_head is None else "lm_head"
 
 
-def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Score-first two-phase TTT: per chunk, score it, then phase 1 (Adam) and phase 2 (SGD) on it."""
-    if ledger is not None:
-        ledger.begin("ttt_two_phase")
     phase1, phase2, head = two_phase_params(args, model)
     log0(f"ttt_two_phase: phase1 tensors:{len(phase1)} params:{sum(p.numel() for p in phase1)} phase2 tensors:"
          f"{len(phase2)} params:{sum(p.numel() for p in phase2)} last_blocks:{args.ttt_phase2_last_k} head:{head}")
@@ -188,27 +182,25 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
         for params, opt, epochs in ((phase1, adam, args.ttt_phase1_epochs), (phase2, sgd, args.ttt_phase2_epochs)):
             for ep in range(epochs):
                 opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
-                ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+                ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device)
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, train_chunk)
 
 
-def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0):
     """ILLEGAL: ttt_epochs SGD passes over every validation token, then scoring them all."""
     if not args.ttt_allow_illegal:
         raise ValueError("TTT_MODE=pre_eval trains on validation tokens before scoring them; "
                          "set ttt.allow_illegal_ttt (non-record track only) to run it")
     log0("ttt_pre_eval: WARNING training on validation tokens before scoring them is not allowed "
          "for records (README; pre-eval TTT, thread #677)")
-    if ledger is not None:
-        ledger.begin("ttt_pre_eval")
     params, opt = sgd_setup(args, model)
     total = val_tokens.numel() - 1
     for ep in range(args.ttt_epochs):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ep, args.ttt_epochs, args.ttt_cosine)
-        ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device, ledger)
+        ttt_epoch(args, model, params, opt, val_tokens, 0, total, rank, world_size, device)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     score_windows(model, rank_share(eval_windows(args, total), rank, world_size), val_tokens, luts, device,
-                  sums, args.ttt_batch_seqs, ledger)
+                  sums, args.ttt_batch_seqs)
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
@@ -227,10 +219,8 @@ class BatchedLoRA(nn.Module):
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
 
-def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
-    if ledger is not None:
-        ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
     if set(targets) - set(LORA_LAYERS) - {"head"}:
         raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
@@ -252,14 +242,14 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums)
         for h in hooks:
             h.remove()
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums) -> None:
     """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
     # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, args.train_seq_len
@@ -274,7 +264,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
         scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
-        spans = []  # (row, first scored column, end column, window start, trains)
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:
                 cs, ce = lo + ci * size, min(lo + (ci + 1) * size, hi)
@@ -283,7 +272,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
                 x[b, : ce - ws], y[b, : ce - ws] = rows[:-1], rows[1:]
                 scored[b, cs - ws : ce - ws] = True
                 trained[b, cs - ws : ce - ws] = ci < n_chunks[b] - 1
-                spans.append((b, cs - ws, ce - ws, ws, ci < n_chunks[b] - 1))
         with torch.set_grad_enabled(bool(trained.any())), autocast_ctx(device):
             h = model.hidden(x)
             if head is None:
@@ -297,14 +285,7 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             sums[0] += nll[scored].double().sum()
             sums[1] += scored.sum()
             sums[2] += count_bytes(x, y, luts)[scored].double().sum()
-            if ledger is not None:
-                for b, c0, c1, ws, _ in spans:
-                    ledger.score(ws + c0 + 1, nll[b, c0:c1], logits[b, c0:c1])
         if trained.any():
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
-            if ledger is not None:
-                # A document's adapters only ever score its own targets (tokens lo+1..hi).
-                done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
-                ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])

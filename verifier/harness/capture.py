@@ -15,14 +15,17 @@ rank had completed (a figure is printed after the collective that summed it)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Call", "Figure", "Capture", "Placed", "load_capture", "place", "PositionIndex"]
+__all__ = ["Call", "Figure", "Capture", "Placed", "load_capture", "place", "PositionIndex", "capturing"]
 
 _FIGURE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(?P<name>\S{1,120}).*?\bval_loss[:=]\s*"
                      r"(?P<loss>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
@@ -205,3 +208,28 @@ def place(index: PositionIndex, targets: np.ndarray, shape: tuple[int, int]) -> 
         pos = np.where(keep, want, -1)
         win = np.where(keep, (offset - 1)[:, None] + 0 * cols, -1)
     return Placed(pos.reshape(-1), win.reshape(-1))
+
+
+def _inject_module():
+    """The harness's in-subprocess module (inject/_golf_cpu.py), loaded by path."""
+    name = "_golf_cpu"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("inject") / "_golf_cpu.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@contextlib.contextmanager
+def capturing(folder: Path, rank: int = 0):
+    """Capture in this process the scores computed inside the block, as the harness captures them in a
+    run (no device shims); `capture.line(text)` records a printed line. Written to `folder` on exit:
+    `load_capture(folder, ranks)` reads it back."""
+    import torch
+
+    golf = _inject_module()
+    capture = golf.Capture(torch, str(folder), rank)
+    with golf.capture_mode(torch, capture):
+        yield capture
+    capture.write()

@@ -339,7 +339,10 @@ def _install_dist(torch) -> None:
     real_ddp = parallel.DistributedDataParallel
 
     class DistributedDataParallel(real_ddp):
+        # device_ids name GPUs; static_graph is a speed hint that, with one rank and gradient accumulation
+        # (no_sync micro-steps in its first iteration), trips torch's reducer on CPU.
         def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+            kwargs.pop("static_graph", None)
             super().__init__(module, None, None, *args, **kwargs)
             _keep_until_exit(self)
 
@@ -383,14 +386,15 @@ def _install_exit() -> None:
 
 # ------------------------------------------------------------------------------------------ the mode
 
-def _make_mode(torch):
+def make_mode(torch, capture=None, devices: bool = True):
+    """A TorchFunctionMode class: device rewriting (devices) and score capture (capture, if given)."""
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
 
-    to_cpu = _STATE["to_cpu"]
+    to_cpu = _STATE.get("to_cpu")
     Tensor = torch.Tensor
-    same = {Tensor.cuda, Tensor.pin_memory}
-    nothing = {Tensor.record_stream}
+    same = {Tensor.cuda, Tensor.pin_memory} if devices else set()
+    nothing = {Tensor.record_stream} if devices else set()
     captured = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll_loss"}
     log_softmax = {F.log_softmax, torch.log_softmax, Tensor.log_softmax}
     gather = {torch.gather, Tensor.gather, torch.take_along_dim, Tensor.take_along_dim}
@@ -403,13 +407,12 @@ def _make_mode(torch):
                 return args[0]
             if func in nothing:
                 return None
-            if "device" in kwargs:
+            if devices and "device" in kwargs:
                 kwargs["device"] = to_cpu(kwargs["device"])
-            if func is Tensor.to:
+            if devices and func is Tensor.to:
                 args = tuple(to_cpu(a) if (isinstance(a, (str, int)) and not isinstance(a, bool))
                              or _is_cuda(a) else a for a in args)
             out = func(*args, **kwargs)
-            capture = _STATE.get("capture")
             if capture is not None:
                 if func in captured:
                     capture.loss(captured[func], args, kwargs)
@@ -422,6 +425,11 @@ def _make_mode(torch):
             return out
 
     return CpuMode
+
+
+def capture_mode(torch, capture):
+    """A mode that only captures (no device rewriting): the in-process form used by tests."""
+    return make_mode(torch, capture, devices=False)()
 
 
 def _install_threads(mode_cls) -> None:
@@ -529,7 +537,7 @@ class Capture:
             if proj is None:
                 gen = torch.Generator().manual_seed(vocab)
                 proj = self.projection[vocab] = torch.randn(vocab, 2, generator=gen, dtype=torch.float32)
-            with _STATE["real_autocast"]("cpu", enabled=False):
+            with _STATE.get("real_autocast", torch.autocast)("cpu", enabled=False):
                 fp = rows.float() @ proj
             tgt_out = torch.where(valid, tgt, torch.full_like(tgt, -1)).to(torch.int32)
         self.seq += 1
@@ -606,12 +614,12 @@ def install() -> None:
     _install_cuda(torch)
     _install_modes(torch)
     _install_dist(torch)
-    mode_cls = _make_mode(torch)
-    _install_threads(mode_cls)
-    mode_cls().__enter__()  # for the life of the process
+    capture = None
     out_dir = os.environ.get("GOLF_CAPTURE_DIR")
     if out_dir and owner is None:  # a worker's own child processes are not captured
         capture = Capture(torch, out_dir, int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))))
-        _STATE["capture"] = capture
         sys.stdout, sys.stderr = _Tee(sys.stdout, capture), _Tee(sys.stderr, capture)
         atexit.register(capture.write)
+    mode_cls = make_mode(torch, capture)
+    _install_threads(mode_cls)
+    mode_cls().__enter__()  # for the life of the process
