@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from verifier.harness import data as hdata
-from verifier.harness.capture import Capture, PositionIndex, load_capture, place
+from verifier.harness.capture import Capture, Scores, load_capture, scores
 from verifier.harness.run import RecordRun, run_record
 from verifier.harness.script import Plan, plan_folder
 
@@ -181,40 +181,6 @@ def _outcome(pid: str, problems: list[Problem], evidence: dict, passed: str) -> 
 
 # ---------------------------------------------------------------------------------- placed scores
 
-@dataclass
-class _Scores:
-    """Every placed score of one capture, in the order computed: arrays over entries."""
-
-    position: np.ndarray
-    window: np.ndarray
-    nll: np.ndarray
-    fp: np.ndarray  # (n, 2)
-    call: np.ndarray  # index into capture.calls
-    lse: np.ndarray  # NaN where the row was logits (cross_entropy)
-
-
-def _placed(cap: Capture, tokens: np.ndarray) -> _Scores:
-    index = PositionIndex(tokens)
-    parts = {k: [] for k in ("position", "window", "nll", "fp", "call", "lse")}
-    for i, call in sorted(enumerate(cap.calls), key=lambda ic: ic[1].order):
-        placed = place(index, cap.target(call), call.shape)
-        keep = placed.mask
-        if not keep.any():
-            continue
-        parts["position"].append(placed.position[keep])
-        parts["window"].append(placed.window[keep])
-        parts["nll"].append(cap.nll(call)[keep])
-        parts["fp"].append(cap.fp(call)[keep])
-        parts["call"].append(np.full(int(keep.sum()), i))
-        lse = cap.lse(call)
-        parts["lse"].append(lse[keep] if lse is not None else np.full(int(keep.sum()), np.nan, dtype=np.float32))
-    if not parts["position"]:
-        empty = np.zeros(0, dtype=np.int64)
-        return _Scores(empty, empty, np.zeros(0, np.float32), np.zeros((0, 2), np.float32), empty,
-                       np.zeros(0, np.float32))
-    return _Scores(*(np.concatenate(parts[k]) for k in ("position", "window", "nll", "fp", "call", "lse")))
-
-
 def _where(cap: Capture, call_index: int) -> dict:
     call = cap.calls[call_index]
     fig = cap.figures[call.figure].name if call.figure is not None else "after the last printed val_loss"
@@ -226,13 +192,13 @@ def _where(cap: Capture, call_index: int) -> dict:
 def judge_causality(a: Capture, b: Capture, tokens_a: np.ndarray, tokens_b: np.ndarray, p: int) -> ProbeOutcome:
     """Scores of positions < p bit-identical in A and B (same occurrences), and the distribution at p."""
     pid = "probe.causality"
-    sa, sb = _placed(a, tokens_a), _placed(b, tokens_b)
+    sa, sb = scores(a, tokens_a), scores(b, tokens_b)
     before = sa.position < p
     if not before.any():
         return _not_checked(pid, "no captured score of a validation position before P: the script computes its "
                                  "scores outside F.cross_entropy, F.nll_loss and log_softmax", changed_from=p)
 
-    def table(s: _Scores, cap: Capture) -> dict:
+    def table(s: Scores, cap: Capture) -> dict:
         """(figure fed, position, window start) -> entries in the order computed: every computation without
         gradient, and the first of each position per figure (a later computation with gradient is a training
         step on a token already scored, which may depend on anything scored before it)."""
@@ -269,7 +235,7 @@ def judge_causality(a: Capture, b: Capture, tokens_a: np.ndarray, tokens_b: np.n
                     "predicting P)")
 
 
-def _compare_key(key, ja: list[int], jb: list[int], sa: _Scores, sb: _Scores, a: Capture, b: Capture,
+def _compare_key(key, ja: list[int], jb: list[int], sa: Scores, sb: Scores, a: Capture, b: Capture,
                  p: int) -> Problem | None:
     """The first difference between the computations of one (position, window) in A and in B."""
     pos = key[0]
@@ -321,7 +287,7 @@ def _tolerance(fig) -> float:
 def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
     """Each printed val_loss is the mean of one score per token: the first one captured."""
     pid = "probe.single-pass"
-    s = _placed(cap, tokens)
+    s = scores(cap, tokens)
     problems, seen, undecided = [], [], []
     for f, calls in _figure_groups(cap):
         fig = cap.figures[f]
@@ -380,7 +346,7 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
 def judge_normalization(cap: Capture, tokens: np.ndarray, vocab: int,
                         tolerance: float = NORMALIZATION_TOLERANCE) -> ProbeOutcome:
     pid = "probe.normalization"
-    s = _placed(cap, tokens)
+    s = scores(cap, tokens)
     fed = np.array([cap.calls[int(c)].figure is not None for c in s.call], dtype=bool) if len(s.call) else \
         np.zeros(0, dtype=bool)
     if not fed.any():

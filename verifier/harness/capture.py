@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Call", "Figure", "Capture", "Placed", "load_capture", "place", "PositionIndex", "capturing"]
+__all__ = ["Call", "Figure", "Capture", "Placed", "Scores", "load_capture", "place", "scores", "PositionIndex", "capturing"]
 
 _FIGURE = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(?P<name>\S{1,120}).*?\bval_loss[:=]\s*"
                      r"(?P<loss>[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
@@ -209,6 +209,41 @@ def place(index: PositionIndex, targets: np.ndarray, shape: tuple[int, int]) -> 
         win = np.where(keep, (offset - 1)[:, None] + 0 * cols, -1)
     return Placed(pos.reshape(-1), win.reshape(-1))
 
+
+
+@dataclass
+class Scores:
+    """Every placed score of one capture, in the order computed (calls by epoch, rank, sequence): arrays over
+    entries."""
+
+    position: np.ndarray
+    window: np.ndarray
+    nll: np.ndarray
+    fp: np.ndarray  # (n, 2)
+    call: np.ndarray  # index into capture.calls
+    lse: np.ndarray  # NaN where the row was logits (cross_entropy)
+
+
+def scores(cap: Capture, tokens: np.ndarray) -> Scores:
+    index = PositionIndex(tokens)
+    parts = {k: [] for k in ("position", "window", "nll", "fp", "call", "lse")}
+    for i, call in sorted(enumerate(cap.calls), key=lambda ic: ic[1].order):
+        placed = place(index, cap.target(call), call.shape)
+        keep = placed.mask
+        if not keep.any():
+            continue
+        parts["position"].append(placed.position[keep])
+        parts["window"].append(placed.window[keep])
+        parts["nll"].append(cap.nll(call)[keep])
+        parts["fp"].append(cap.fp(call)[keep])
+        parts["call"].append(np.full(int(keep.sum()), i))
+        lse = cap.lse(call)
+        parts["lse"].append(lse[keep] if lse is not None else np.full(int(keep.sum()), np.nan, dtype=np.float32))
+    if not parts["position"]:
+        empty = np.zeros(0, dtype=np.int64)
+        return Scores(empty, empty, np.zeros(0, np.float32), np.zeros((0, 2), np.float32), empty,
+                       np.zeros(0, np.float32))
+    return Scores(*(np.concatenate(parts[k]) for k in ("position", "window", "nll", "fp", "call", "lse")))
 
 def _inject_module():
     """The harness's in-subprocess module (inject/_golf_cpu.py), loaded by path."""
