@@ -91,7 +91,7 @@ def test_seeds_take_several_values():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--smoke"], "--smoke only with --rerun"),
+    (["--smoke", "--probe"], "at most one of"),
     (["--seeds", "1"], "--seeds only with --rerun"),
     (["--timeout", "5"], "--timeout only with --rerun or --probe"),
     (["--rerun", "--ci"], "at most one of"),
@@ -287,7 +287,7 @@ def test_probe_prints_the_findings_of_run_probes(baseline, monkeypatch):
 def test_smoke_rerun_of_two_seeds_end_to_end(baseline):
     before = digest(baseline)
     static_before = json.loads(invoke([baseline, "--format", "json"]).stdout)
-    result = invoke([baseline, "--rerun", "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])
+    result = invoke([baseline, "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])  # --smoke: a rerun
     assert result.exit_code == 0, result.output[-4000:]
     progress = result.stderr
     assert "seed 1/2" in progress and "seed 2/2" in progress

@@ -318,7 +318,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -339,10 +339,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
                 with autocast_ctx(device):
                     batch_loss = model(x, y).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += count_bytes(x.reshape(-1), y.reshape(-1), luts).to(torch.float64).sum()
@@ -1176,16 +1172,13 @@ def main() -> None:
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
     final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
     paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts)))]
     paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-        args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+        args, model, rank, world_size, device, val_tokens, luts)), f" stride:{args.sliding_stride}"))
     # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
     paths.append(timed_eval(device, log0, lambda: eval_ttt(
-        args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+        args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
@@ -1241,38 +1234,7 @@ def build_averager(args, model):
     return None
 
 
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+# ---- Window-based final evaluation (sliding window) --------------------------------------------
 
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
@@ -1286,7 +1248,7 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
     ends = list(range(min(seq_len, total), total, stride)) + [total]
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
-def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, ledger=None) -> None:
+def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int) -> None:
     """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode."""
     model.eval()
     for i in range(0, len(wins), batch):
@@ -1301,17 +1263,12 @@ def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, bat
             sums[0] += nll[mask].double().sum()
             sums[1] += mask.sum()
             sums[2] += count_bytes(x, y, luts)[mask].double().sum()
-        if ledger is not None:
-            for j, (s, a, _) in enumerate(part):
-                ledger.score(a + 1, nll[j, a - s :], logits[j, a - s :])
 
-def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger=None) -> tuple[float, float]:
+def eval_sliding(args, model, rank, world_size, device, val_tokens, luts) -> tuple[float, float]:
     """(val_loss, val_bpb) with every token scored once by a window ending just after it."""
-    if ledger is not None:
-        ledger.begin("sliding")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, args.eval_batch_seqs, ledger)
+                  device, sums, args.eval_batch_seqs)
     model.train()
     return finish_scores(sums)
 
@@ -1359,14 +1316,14 @@ def set_qat(model, on: bool) -> None:
 
 # ---- Test-time training (TTT) at final evaluation ----------------------------------------------
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if args.ttt_mode == "chunked":
         return ("legal_ttt", *eval_ttt_chunked(*run))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None):
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device):
     """One pass over the train_seq_len rows of targets [lo, hi); a step's gradient is the mean over all ranks' rows."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
@@ -1386,10 +1343,8 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         if args.ttt_grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
         opt.step()
-        if ledger is not None:
-            ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk):
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, train_chunk):
     """Per chunk of targets: score the windows whose span starts in it, then train on it (but not on the last)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
@@ -1397,7 +1352,7 @@ def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, led
         groups[w[1] // size].append(w)
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
-        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, ledger)
+        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs)
         if ci < len(groups) - 1:
             train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
     model.requires_grad_(True).train()
@@ -1411,17 +1366,15 @@ def sgd_setup(args, model: nn.Module):
 def cosine_lr(base: float, i: int, n: int, on: bool) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * i / max(n, 1))) if on else base
 
-def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Score-first chunk TTT: score a chunk's windows, then ttt_epochs SGD passes on it."""
-    if ledger is not None:
-        ledger.begin("ttt_chunked")
     params, opt = sgd_setup(args, model)
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
         for _ in range(args.ttt_epochs):
-            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, ledger, train_chunk)
+            ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device)
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, train_chunk)
 
 if __name__ == "__main__":
     main()

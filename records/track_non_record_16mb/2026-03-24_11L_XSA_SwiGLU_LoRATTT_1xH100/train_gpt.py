@@ -297,7 +297,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -318,10 +318,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
                 with autocast_ctx(device):
                     batch_loss = model(x, y).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += count_bytes(x.reshape(-1), y.reshape(-1), luts).to(torch.float64).sum()
@@ -1084,14 +1080,11 @@ def main() -> None:
     t_export = time.perf_counter()
     model_bytes = export_and_reload(args, base_model, out_dir, len(code), master, distributed, log0)
     final_name = f"final_{export_label(args)[1]}_roundtrip"
-    ledger = Ledger(rank, val_tokens.numel())
-    ledger.begin("roundtrip")
     paths = [timed_eval(device, log0, lambda: (final_name, *eval_val(
-        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger)))]
+        args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts)))]
     # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
     paths.append(timed_eval(device, log0, lambda: eval_ttt(
-        args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+        args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     total_eval_s = time.perf_counter() - t_export
     log0(f"total_eval_time:{total_eval_s:.1f}s")
     eval_path, val_loss, val_bpb, _ = paths[-1]
@@ -1145,38 +1138,7 @@ def build_averager(args, model):
     return SwaAverager(args, model) if args.swa_every > 0 else None
 
 
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+# ---- Window-based final evaluation (sliding window) --------------------------------------------
 
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
@@ -1187,9 +1149,9 @@ def rank_share(items: list, rank: int, world_size: int) -> list:
 BOS_ID = 1
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if args.ttt_mode == "lora":
         return ("final_ttt_lora", *eval_ttt_lora(*run))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
@@ -1207,10 +1169,8 @@ class BatchedLoRA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return (x @ self.a.transpose(1, 2).to(x.dtype)) @ self.b.transpose(1, 2).to(x.dtype)
 
-def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
-    if ledger is not None:
-        ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
     if set(targets) - set(LORA_LAYERS) - {"head"}:
         raise ValueError(f"TTT_LORA_TARGETS={args.ttt_lora_targets!r}: choose from {sorted(LORA_LAYERS)} and head")
@@ -1232,13 +1192,13 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums)
         for h in hooks:
             h.remove()
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> None:
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums) -> None:
     """Per chunk: score it with the document's adapters, then one Adam step on it unless it is the document's last."""
     # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, args.train_seq_len
@@ -1251,7 +1211,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
         scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
-        spans = []  # (row, first scored column, end column, window start, trains)
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:
                 cs, ce = lo + ci * size, min(lo + (ci + 1) * size, hi)
@@ -1260,7 +1219,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
                 x[b, : ce - ws], y[b, : ce - ws] = rows[:-1], rows[1:]
                 scored[b, cs - ws : ce - ws] = True
                 trained[b, cs - ws : ce - ws] = ci < n_chunks[b] - 1
-                spans.append((b, cs - ws, ce - ws, ws, ci < n_chunks[b] - 1))
         with torch.set_grad_enabled(bool(trained.any())), autocast_ctx(device):
             h = model.hidden(x)
             if head is None:
@@ -1274,17 +1232,10 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             sums[0] += nll[scored].double().sum()
             sums[1] += scored.sum()
             sums[2] += count_bytes(x, y, luts)[scored].double().sum()
-            if ledger is not None:
-                for b, c0, c1, ws, _ in spans:
-                    ledger.score(ws + c0 + 1, nll[b, c0:c1], logits[b, c0:c1])
         if trained.any():
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
-            if ledger is not None:
-                # A document's adapters only ever score its own targets (tokens lo+1..hi).
-                done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
-                ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
 
 if __name__ == "__main__":
     main()
