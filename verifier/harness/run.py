@@ -18,12 +18,11 @@ from pathlib import Path
 
 from verifier.harness.data import DataDir, data_env
 from verifier.harness.proc import LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, isolation_prefix, run_logged
-from verifier.harness.script import Plan
+from verifier.harness.script import NOT_RUNNABLE, Plan
 
-__all__ = ["INJECT", "RecordRun", "run_record", "harness_env", "NOT_RUNNABLE", "RUN_SEED", "copy_record"]
+__all__ = ["INJECT", "RecordRun", "run_record", "harness_env", "NOT_RUNNABLE", "RUN_SEED", "copy_record", "python"]
 
 INJECT = Path(__file__).with_name("inject")
-NOT_RUNNABLE = "not runnable on CPU: "
 RUN_SEED = "1337"
 # What a copy leaves out: earlier outputs (logs, artifacts) and our own reruns.
 _COPY_IGNORE = ("*.log", "final_model*", "*.ptz", "__pycache__", ".git", "verify", "logs")
@@ -34,6 +33,8 @@ HARNESS_ENV = {"GOLF_HARNESS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "
 _NOT_ARTIFACT = (".log", ".txt", ".json", ".out", ".png", ".csv", ".md", ".py", ".model", ".vocab", ".sh")
 _ERROR_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)|AssertionError)\b.*)")
 _LAUNCHER = ("ChildFailedError", "torch.distributed.elastic")
+_MISSING = re.compile(r"^(?:ModuleNotFoundError: No module named '([\w.]+)'|FileNotFoundError: \[Errno 2\] No such file "
+                      r"or directory: '([\w.-]+)')$")
 
 
 @dataclass
@@ -68,12 +69,21 @@ class RecordRun:
         if self.ok:
             return None
         text = self.stderr + "\n" + self.stdout
-        m = re.search(re.escape(NOT_RUNNABLE) + r"[^\n]*", text)
+        m = re.search(r"^(?:\[rank\d+\]:\s*)?\w*(?:Error|Exception): (" + re.escape(NOT_RUNNABLE) + r"[^\n]*)",
+                      text, re.M)
         if m:
-            return m.group(0)[:300]
+            return m.group(1)[:300]
         if self.timed_out:
             return f"timed out after {timeout or self.seconds:.0f}s"
-        return f"exited with code {self.returncode}: {failure_line(self.stderr, self.stdout)[:400]}"
+        line = failure_line(self.stderr, self.stdout)
+        missing = _MISSING.match(line)
+        if missing:
+            what = missing.group(1) or missing.group(2)
+            listed = (self.work / "record" / "requirements.txt")
+            note = " (listed in its requirements.txt)" if listed.is_file() and what.split(".")[0].replace(
+                "_", "-").lower() in listed.read_text(errors="replace").replace("_", "-").lower() else ""
+            return f"not runnable here: the script needs {what}, which is not installed{note}"
+        return f"exited with code {self.returncode}: {line[:400]}"
 
 
 def _read(path: Path) -> str:
@@ -81,6 +91,12 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def python() -> str:
+    """The interpreter of harness runs: GOLF_HARNESS_PYTHON (a Python with torch, for scripts written for a
+    newer Python than golf-verify's), else golf-verify's own."""
+    return os.environ.get("GOLF_HARNESS_PYTHON") or sys.executable
 
 
 def failure_line(stderr: str, stdout: str) -> str:
@@ -98,7 +114,8 @@ def harness_env(plan: Plan, data: DataDir, *, capture: Path | None, log_dir: Pat
     env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
     env.update(OFFLINE_ENV)
     env.update(HARNESS_ENV)
-    env["PATH"] = os.pathsep.join([str(INJECT / "bin"), env.get("PATH", os.defpath)])
+    # The stand-in nvidia-smi first; the tools installed beside this Python (a record's pyminify) next.
+    env["PATH"] = os.pathsep.join([str(INJECT / "bin"), str(Path(python()).parent), env.get("PATH", os.defpath)])
     env["PYTHONPATH"] = str(INJECT)
     if re.search(r"^\s*(?:import|from)\s+triton\b", plan.source, re.M):
         env["PYTHONPATH"] = os.pathsep.join([str(INJECT), str(INJECT / "triton_standin")])
@@ -144,8 +161,7 @@ def run_record(plan: Plan, data: DataDir, work: Path, *, name: str = "run", npro
     prefix, network, _note = isolation_prefix() if isolate else ([], "none", None)
     if prefix:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    cmd = [*prefix, sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           plan.entry]
+    cmd = [*prefix, python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", plan.entry]
     rc, seconds, timed_out = run_logged(cmd, copy, env, timeout, work / "stdout.txt", work / "stderr.txt")
     shown = {k: v for k, v in env.items() if k in plan.env or k in ("SEED", "RUN_ID")}
     run = RecordRun(name, rc, seconds, timed_out, work, shown, network=network)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from verifier.scripts import unwrap
 __all__ = ["Plan", "Knob", "plan_folder", "entry_script", "read_knobs", "load_profiles", "PROFILES_PATH"]
 
 PROFILES_PATH = Path(__file__).with_name("profiles.json")
+NOT_RUNNABLE = "not runnable on CPU: "
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _VOCAB_IN_PATH = re.compile(r"(?:sp|_)(\d{3,6})(?:_bpe|\b|_)")
 _HELPERS = ("lossless_caps.py", "prepare_caseops_data.py", "download_hf_docs_and_tokenize.py",
@@ -69,6 +72,23 @@ def _sources(folder: Path, entry: str) -> str:
         if other.name != entry and other.name not in _HELPERS and other.name in text:
             parts.append(unwrap(other.read_text(encoding="utf-8", errors="replace"))[1])
     return "\n".join(parts)
+
+
+def _compiles(folder: Path, entry: str) -> str | None:
+    """Why the entry script (unwrapped) cannot run on this Python, if it does not compile here; scripts run by
+    another interpreter (GOLF_HARNESS_PYTHON) are not judged by this one."""
+    if os.environ.get("GOLF_HARNESS_PYTHON"):
+        return None
+    text = unwrap((folder / entry).read_text(encoding="utf-8", errors="replace"))[1]
+    try:
+        compile(text, entry, "exec")
+    except SyntaxError as exc:
+        here = ".".join(map(str, sys.version_info[:2]))
+        return (f"not runnable: the script does not compile on Python {here} ({exc.msg}, line {exc.lineno}): it "
+                "was written for a newer Python; set GOLF_HARNESS_PYTHON to one with torch")
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"{NOT_RUNNABLE}the script does not compile: {exc}"
+    return None
 
 
 def _string_constants(tree: ast.AST) -> dict[str, str]:
@@ -230,6 +250,7 @@ def plan_folder(folder: str | Path, profiles: list[dict] | None = None) -> Plan:
                                                             " and no other training script: nothing to run"))
         return plan
     plan.source = _sources(folder, entry)
+    plan.problem = _compiles(folder, entry)
     plan.knobs = read_knobs(plan.source)
     logged = _logged_config(folder, plan.knobs)
     readme = {} if logged else _readme_config(folder, plan.knobs)

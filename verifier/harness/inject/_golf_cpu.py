@@ -593,8 +593,7 @@ def install() -> None:
     if _STATE["installed"]:
         return
     _STATE["installed"] = True
-    owner = os.environ.get("_GOLF_HARNESS_OWNER")
-    os.environ["_GOLF_HARNESS_OWNER"] = owner or str(os.getpid())
+    os.environ["_GOLF_HARNESS_OWNER"] = str(os.getpid())  # children of this worker skip the harness
     import torch
     import torch.utils._triton as torch_triton
 
@@ -616,7 +615,7 @@ def install() -> None:
     _install_dist(torch)
     capture = None
     out_dir = os.environ.get("GOLF_CAPTURE_DIR")
-    if out_dir and owner is None:  # a worker's own child processes are not captured
+    if out_dir:
         capture = Capture(torch, out_dir, int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))))
         sys.stdout, sys.stderr = _Tee(sys.stdout, capture), _Tee(sys.stderr, capture)
         atexit.register(capture.write)

@@ -1,7 +1,8 @@
 """Loaded by every Python process started with this folder on PYTHONPATH (golf-verify's CPU harness).
 
 It turns the harness on only in torchrun's workers (LOCAL_RANK is set) of a run that asked for it
-(GOLF_HARNESS=1): the launcher and unrelated processes are left alone. A sitecustomize that this one
+(GOLF_HARNESS=1): the launcher, the workers' own child processes and unrelated processes are left
+alone. A sitecustomize that this one
 shadows (a distribution's own) is still run."""
 
 import os
@@ -19,7 +20,10 @@ def _chain() -> None:
 
 
 _chain()
-if os.environ.get("GOLF_HARNESS") == "1" and "LOCAL_RANK" in os.environ:
+# A worker's own child processes (a script running a tool such as pyminify) are left alone: the
+# worker marks the environment it passes on with its process id.
+_owner = os.environ.get("_GOLF_HARNESS_OWNER")
+if os.environ.get("GOLF_HARNESS") == "1" and "LOCAL_RANK" in os.environ and _owner in (None, str(os.getpid())):
     import _golf_cpu
 
     _golf_cpu.install()
