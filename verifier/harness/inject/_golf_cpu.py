@@ -409,6 +409,8 @@ def make_mode(torch, capture=None, devices: bool = True):
                 return None
             if devices and "device" in kwargs:
                 kwargs["device"] = to_cpu(kwargs["device"])
+            if devices and kwargs.get("pin_memory"):
+                kwargs["pin_memory"] = False  # no pinned-memory allocator without an accelerator
             if devices and func is Tensor.to:
                 args = tuple(to_cpu(a) if (isinstance(a, (str, int)) and not isinstance(a, bool))
                              or _is_cuda(a) else a for a in args)
