@@ -7,6 +7,7 @@ legal twin passing, and a public record (the root baseline) passing all four pro
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -337,3 +338,29 @@ def test_root_baseline_runs_under_the_harness_and_passes(tmp_path):
     assert result.passed, {pid: o.message for pid, o in result.probes.items()}
     assert result.probes["probe.single-pass"].evidence["figures"][-1].startswith("final_int8_zlib_roundtrip_exact")
     assert result.runs["A"].artifacts == result.runs["C"].artifacts and "final_model.int8.ptz" in result.runs["A"].artifacts
+
+
+def test_other_ranks_feed_the_figure_printed_after_their_last_collective(tmp_path):
+    """Rank 1 prints nothing: its calls feed the first figure rank 0 prints once the collective that summed
+    them (the rank's count of completed collectives) is done."""
+    tokens = random_tokens(200)
+    target = tokens[1:33].numpy().astype(np.int32)
+
+    def call(seq, epoch, offset):
+        return {"seq": seq, "epoch": epoch, "kind": "cross_entropy", "reduction": "none", "grad": False,
+                "site": "train_gpt.py:1 f", "rows": 32, "width": VOCAB, "shape": [1, 32], "offset": offset,
+                "dtype": "float32", "lse": False}
+
+    ranks = {0: [call(1, 0, 0), {"seq": 2, "epoch": 1, "kind": "line", "text": "first val_loss:1.0"},
+                 call(3, 1, 32), {"seq": 4, "epoch": 2, "kind": "line", "text": "second val_loss:1.0"}],
+             1: [call(1, 0, 0), call(2, 1, 32), call(3, 2, 64)]}
+    for rank, records in ranks.items():
+        n = 32 * sum(r["kind"] != "line" for r in records)
+        np.savez(tmp_path / f"capture_rank{rank}.npz", target=np.tile(target, n // 32),
+                 nll=np.ones(n, np.float32), fp=np.zeros((n, 2), np.float32), lse=np.zeros(0, np.float32))
+        (tmp_path / f"capture_rank{rank}.json").write_text(json.dumps({"records": records}))
+    cap, why = load_capture(tmp_path, 2)
+    assert why is None and [f.name for f in cap.figures] == ["first", "second"]
+    assert [(c.rank, c.seq, c.figure) for c in cap.calls] == [(0, 1, 0), (0, 3, 1), (1, 1, 0), (1, 2, 1),
+                                                              (1, 3, None)]
+    assert load_capture(tmp_path, 3) == (None, "rank 2 wrote no capture (capture_rank2.json/.npz)")

@@ -12,7 +12,8 @@ CPU shims (a table of replacements, applied once):
 - `torch.compile` is eager; `torch.inference_mode` is `no_grad` (tensors made under inference mode
   cannot be used by eager test-time training, and compile would have hidden that);
 - `nccl` is `gloo`; collectives gloo lacks (AVG, reduce_scatter_tensor, bf16) are emulated; DDP drops
-  `device_ids`; SDPA backend switches are left at their CPU defaults.
+  `device_ids` and `static_graph`, and its reducers live until the process ends with os._exit (a
+  gloo teardown deadlock); SDPA backend switches are left at their CPU defaults; `pin_memory` is off.
 
 Capture (GOLF_CAPTURE_DIR set): every call of F.cross_entropy and F.nll_loss (and a gather of a
 log_softmax output) records, per row, the target, the NLL (reduction "none", the script's dtype), a
@@ -33,7 +34,6 @@ import sys
 import threading
 import time
 
-NOT_RUNNABLE = "not runnable on CPU: "
 _FIGURE = re.compile(r"val_(?:loss|bpb)")
 _STATE = {"epoch": 0, "installed": False}
 
@@ -504,51 +504,62 @@ class Capture:
             return
         self._record("log_softmax_gather", inp, index.squeeze(-1), -100, "none")
 
-    def _record(self, kind, inp, target, ignore, reduction) -> None:
+    def _rows(self, kind, inp, target):
+        """(rows (N, V), shape of the targets (B, T)) of a loss call, or None with the reason recorded."""
         torch = self.torch
         if not isinstance(inp, torch.Tensor) or not isinstance(target, torch.Tensor):
             return self._skip(f"{kind}: not tensors")
         if target.is_floating_point():
             return self._skip(f"{kind}: soft targets")
-        shape = None
-        if inp.dim() == target.dim() + 1 and inp.dim() >= 2:
-            if inp.dim() >= 3 and kind != "log_softmax_gather" and inp.shape[0] == target.shape[0] \
-                    and inp.shape[2:] == target.shape[1:]:
-                rows = inp.movedim(1, -1).reshape(-1, inp.shape[1])  # (B, V, T...) class dim 1
-            else:
-                rows = inp.reshape(-1, inp.shape[-1])
-            shape = tuple(target.shape) if target.dim() >= 2 else None
-        else:
+        if inp.dim() != target.dim() + 1 or inp.dim() < 2:
             return self._skip(f"{kind}: input {tuple(inp.shape)} target {tuple(target.shape)}")
-        tgt = target.reshape(-1)
-        n, vocab = rows.shape
-        if shape is None:
+        if inp.dim() >= 3 and kind != "log_softmax_gather" and inp.shape[2:] == target.shape[1:]:
+            rows = inp.movedim(1, -1).reshape(-1, inp.shape[1])  # (B, V, T...): classes along dim 1
+        else:
+            rows = inp.reshape(-1, inp.shape[-1])
+        n = rows.shape[0]
+        if target.dim() >= 2:
+            shape = (n // target.shape[-1], target.shape[-1])
+        else:  # flattened rows: the shape of the last embedding lookup of as many tokens
             shape = next((s for s in reversed(self.index_shapes) if s[0] * s[1] == n), (1, n))
+        return rows.detach(), shape
+
+    def _per_row(self, kind, rows, tgt):
+        """(NLL, log-sum-exp or None, fingerprint) of each row; targets out of range score 0."""
+        torch = self.torch
+        safe = torch.where((tgt >= 0) & (tgt < rows.shape[1]), tgt, torch.zeros_like(tgt))
+        if kind == "cross_entropy":  # in the script's dtype and autocast, as its own call computed it
+            nll, lse = torch.nn.functional.cross_entropy(rows, safe, reduction="none"), None
+        else:
+            nll = -rows.gather(1, safe[:, None]).squeeze(1)
+            lse = torch.cat([torch.logsumexp(c.double(), dim=1) for c in rows.split(4096)] or
+                            [torch.zeros(0, dtype=torch.float64)])
+        vocab = rows.shape[1]
+        if vocab not in self.projection:
+            gen = torch.Generator().manual_seed(vocab)
+            self.projection[vocab] = torch.randn(vocab, 2, generator=gen, dtype=torch.float32)
+        with _STATE.get("real_autocast", torch.autocast)("cpu", enabled=False):
+            fp = rows.float() @ self.projection[vocab]
+        return nll, lse, fp
+
+    def _record(self, kind, inp, target, ignore, reduction) -> None:
+        torch = self.torch
+        found = self._rows(kind, inp, target)
+        if found is None:
+            return
+        rows, shape = found
+        tgt = target.reshape(-1)
         with torch.no_grad():
-            rows = rows.detach()
-            valid = (tgt != ignore) & (tgt >= 0) & (tgt < vocab)
-            safe = torch.where(valid, tgt, torch.zeros_like(tgt))
-            if kind == "cross_entropy":
-                nll = torch.nn.functional.cross_entropy(rows, safe, reduction="none")
-                lse = None
-            else:
-                nll = -rows.gather(1, safe[:, None]).squeeze(1)
-                lse = torch.cat([torch.logsumexp(c.double(), dim=1) for c in rows.split(4096)]) if n else \
-                    torch.zeros(0, dtype=torch.float64)
-            proj = self.projection.get(vocab)
-            if proj is None:
-                gen = torch.Generator().manual_seed(vocab)
-                proj = self.projection[vocab] = torch.randn(vocab, 2, generator=gen, dtype=torch.float32)
-            with _STATE.get("real_autocast", torch.autocast)("cpu", enabled=False):
-                fp = rows.float() @ proj
+            nll, lse, fp = self._per_row(kind, rows, tgt)
+            valid = (tgt != ignore) & (tgt >= 0) & (tgt < rows.shape[1])
             tgt_out = torch.where(valid, tgt, torch.full_like(tgt, -1)).to(torch.int32)
         self.seq += 1
         self.records.append({
             "seq": self.seq, "epoch": _STATE["epoch"], "kind": kind, "reduction": str(reduction),
-            "grad": bool(torch.is_grad_enabled() and inp.requires_grad), "site": self._site(),
-            "rows": n, "width": vocab, "shape": list(shape), "offset": self.rows, "dtype": str(inp.dtype).replace("torch.", ""),
-            "lse": lse is not None})
-        self.rows += n
+            "grad": bool(torch.is_grad_enabled() and inp.requires_grad), "site": self._site(), "rows": rows.shape[0],
+            "width": rows.shape[1], "shape": list(shape), "offset": self.rows,
+            "dtype": str(inp.dtype).replace("torch.", ""), "lse": lse is not None})
+        self.rows += rows.shape[0]
         self.arrays["target"].append(tgt_out.numpy())
         self.arrays["nll"].append(nll.float().numpy())
         self.arrays["fp"].append(fp.numpy())
