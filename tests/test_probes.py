@@ -183,6 +183,28 @@ def test_target_keyed_cache_fails_normalization_and_causality_at_p(tmp_path):
     assert judge_single_pass(a, ta).status == "pass"  # the NLLs themselves are what it reports
 
 
+def tail_twice(model, t):
+    """Windows every STRIDE tokens, each counting its last STRIDE targets: the short last window counts again
+    what the window before it counted (a pattern of several merged March records)."""
+    total, count, n = 0.0, 0, t.numel() - 1
+    for ws in range(0, n, STRIDE):
+        end = min(ws + SEQ, n)
+        x, y = t[ws:end][None], t[ws + 1 : end + 1]
+        with torch.no_grad():
+            nll = F.cross_entropy(model(x)[0], y, reduction="none")
+        s = 0 if ws == 0 else max(end - ws - STRIDE, 0)
+        total, count = total + float(nll[s:].double().sum()), count + end - ws - s
+    return total / count
+
+
+def test_a_token_counted_twice_is_named(tmp_path):
+    t = random_tokens()
+    a, _ = run_scenario(tmp_path, tail_twice, t, "final_sliding")
+    single = judge_single_pass(a, t.numpy())
+    assert single.status == "fail" and single.first.kind == "scored-twice"
+    assert single.first.position == N - 1 - STRIDE + 1 and single.first.count == STRIDE
+
+
 def test_a_figure_not_made_of_the_captured_scores_fails(tmp_path):
     a, _ = run_scenario(tmp_path, legal, random_tokens(), "final", printed=1.25)
     single = judge_single_pass(a, random_tokens().numpy())

@@ -290,46 +290,15 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
     s = scores(cap, tokens)
     problems, seen, undecided = [], [], []
     for f, calls in _figure_groups(cap):
-        fig = cap.figures[f]
         sel = np.nonzero(np.isin(s.call, calls))[0]
         if not len(sel):
             continue
-        pos, key = s.position[sel], s.position[sel] * (len(tokens) + 1) + s.window[sel]
-        _, first = np.unique(pos, return_index=True)  # sel is in computed order: first occurrence
-        mean_first = float(np.mean(s.nll[sel][first].astype(np.float64)))
-        tol = _tolerance(fig)
-        seen.append(f"{fig.name} ({len(first)} tokens)")
-        if abs(mean_first - fig.val_loss) <= tol:
-            continue
-        # The same computation (position and window) done again later: a re-score.
-        _, last_rev = np.unique(key[::-1], return_index=True)
-        last_of_key = dict(zip(key[::-1][last_rev].tolist(), (len(key) - 1 - last_rev).tolist()))
-        last = np.array([last_of_key[k] for k in key[first].tolist()])
-        mean_last = float(np.mean(s.nll[sel][last].astype(np.float64)))
-        changed = np.nonzero(s.nll[sel][first] != s.nll[sel][last])[0]
-        if not len(changed):  # else: tokens whose first computation was a training step's
-            changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[sel][first]], dtype=bool))[0]
-        how = (f"; the last computation of each token's first window averages {mean_last:.8f}: re-scored after "
-               "an update" if abs(mean_last - fig.val_loss) <= tol else "")
-        if len(changed):
-            q = int(pos[first][changed[0]])
-            j1, j2 = int(sel[first][changed[0]]), int(sel[last][changed[0]])
-            w1, w2 = _where(cap, int(s.call[j1])), _where(cap, int(s.call[j2]))
-            problems.append(Problem(
-                "not-first-score", f"{fig.name} reports val_loss {fig.val_loss} but the first captured score of each "
-                f"of its {len(first)} tokens averages {mean_first:.8f}{how}; position {q} was first scored "
-                f"{float(s.nll[j1]):.6f} at {w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''} "
-                f"and later {float(s.nll[j2]):.6f} at {w2['site']}: C3/C4, a token's score is fixed before any "
-                "update that saw it, and counted once", q, w1["site"], fig.name, len(changed)))
-        elif len(first) < FULL_COVERAGE * (len(tokens) - 1):
-            undecided.append(f"{fig.name} (val_loss {fig.val_loss}; captured scores of {len(first)} of "
-                             f"{len(tokens) - 1} tokens average {mean_first:.8f})")
-        else:
-            problems.append(Problem(
-                "figure-not-from-scores", f"{fig.name} reports val_loss {fig.val_loss} but the captured scores of "
-                f"its {len(first)} tokens average {mean_first:.8f}: the figure is not the mean of the distributions "
-                "the script computed (a term outside F.cross_entropy/F.nll_loss entered it, or tokens are counted "
-                "differently)", None, None, fig.name))
+        verdict, count = _judge_figure(cap, s, sel, cap.figures[f], len(tokens) - 1)
+        seen.append(f"{cap.figures[f].name} ({count} tokens)")
+        if isinstance(verdict, Problem):
+            problems.append(verdict)
+        elif verdict:
+            undecided.append(verdict)
     if not seen:
         return _not_checked(pid, "no printed val_loss is fed by captured scores of validation positions")
     evidence = {"figures": seen}
@@ -339,6 +308,80 @@ def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
     return _outcome(pid, problems, evidence,
                     f"each printed val_loss is the mean of one score per token, the first captured: "
                     f"{', '.join(seen)}")
+
+
+def _judge_figure(cap: Capture, s: Scores, sel: np.ndarray, fig, targets: int) -> tuple[Problem | str | None, int]:
+    """(None if the figure is the mean of its tokens' first scores, else a Problem, or a reason it cannot be
+    judged; the number of tokens)."""
+    pos, nll = s.position[sel], s.nll[sel].astype(np.float64)
+    _, first = np.unique(pos, return_index=True)  # sel is in computed order: the first occurrence
+    mean_first, tol = float(nll[first].mean()), _tolerance(fig)
+    if abs(mean_first - fig.val_loss) <= tol:
+        return None, len(first)
+    head = f"{fig.name} reports val_loss {fig.val_loss} but the first captured score of each of its {len(first)} " \
+           f"tokens averages {mean_first:.8f}"
+    for diagnose in (_rescored, _window_tails):
+        problem = diagnose(cap, s, sel, first, fig, tol, head)
+        if problem is not None:
+            return problem, len(first)
+    if len(first) < FULL_COVERAGE * targets:
+        return (f"{fig.name} (val_loss {fig.val_loss}; captured scores of {len(first)} of {targets} tokens average "
+                f"{mean_first:.8f})"), len(first)
+    return Problem("figure-not-from-scores", f"{head}: the figure is not the mean of the distributions the script "
+                   "computed (a term outside F.cross_entropy/F.nll_loss entered it, or tokens are counted differently)",
+                   None, None, fig.name), len(first)
+
+
+def _rescored(cap: Capture, s: Scores, sel, first, fig, tol, head) -> Problem | None:
+    """A token computed again later in the same window with another value (a score after an update), or
+    first computed by a training step."""
+    pos = s.position[sel]
+    key = pos * (int(pos.max()) + 2) + s.window[sel]
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    last_of_key = dict(zip(key[::-1][last_rev].tolist(), (len(key) - 1 - last_rev).tolist()))
+    last = np.array([last_of_key[k] for k in key[first].tolist()])
+    nll = s.nll[sel]
+    changed = np.nonzero(nll[first] != nll[last])[0]
+    if not len(changed):
+        changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[sel][first]], dtype=bool))[0]
+    if not len(changed):
+        return None
+    mean_last = float(nll[last].astype(np.float64).mean())
+    how = (f"; the last computation of each token's first window averages {mean_last:.8f}: re-scored after an update"
+           if abs(mean_last - fig.val_loss) <= tol else "")
+    q, j1, j2 = int(pos[first][changed[0]]), int(sel[first][changed[0]]), int(sel[last][changed[0]])
+    w1, w2 = _where(cap, int(s.call[j1])), _where(cap, int(s.call[j2]))
+    return Problem("not-first-score", f"{head}{how}; position {q} was first scored {float(s.nll[j1]):.6f} at "
+                   f"{w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''} and later "
+                   f"{float(s.nll[j2]):.6f} at {w2['site']}: C3/C4, a token's score is fixed before any update that "
+                   "saw it, and counted once", q, w1["site"], fig.name, len(changed))
+
+
+def _window_tails(cap: Capture, s: Scores, sel, first, fig, tol, head) -> Problem | None:
+    """Sliding windows that count each window's last `stride` targets (all of the first window's): a short
+    last window counts again tokens that the window before it counted."""
+    windows: dict[int, dict[int, float]] = {}
+    for p, w, v in zip(s.position[sel].tolist(), s.window[sel].tolist(), s.nll[sel].tolist()):
+        windows.setdefault(w, {}).setdefault(p, v)
+    starts = sorted(windows)
+    steps = np.diff(starts)
+    if len(starts) < 3 or not len(steps):
+        return None
+    stride = int(np.bincount(steps).argmax())
+    counted: dict[int, int] = {}
+    total = 0.0
+    for i, w in enumerate(starts):
+        ps = sorted(windows[w])
+        for p in ps if i == 0 else ps[-stride:]:
+            counted[p] = counted.get(p, 0) + 1
+            total += windows[w][p]
+    twice = sorted(p for p, n in counted.items() if n > 1)
+    if not twice or abs(total / sum(counted.values()) - fig.val_loss) > tol:
+        return None
+    return Problem("scored-twice", f"{head}; it is the mean when each window counts its last {stride} targets, so "
+                   f"{len(twice)} token(s) (positions {twice[0]}..{twice[-1]}) are counted twice, by a short last "
+                   "window and the window before it: C4, each token is scored once (on the full validation split "
+                   "the same windows double-count at most one stride of tokens)", twice[0], None, fig.name, len(twice))
 
 
 # ---------------------------------------------------------------------------------- normalization
