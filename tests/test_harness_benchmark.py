@@ -39,3 +39,11 @@ def test_one_probe_per_record_within_two_minutes(record, upstream):
     if record in TTT_RECORDS:
         for pid in ("probe.causality", "probe.isolation"):
             assert result.probes[pid].passed, (TTT_RECORDS[record], result.probes[pid].message)
+
+
+@pytest.mark.benchmark
+def test_two_ranks_judge_like_one(upstream):
+    """Two gloo ranks: the other rank's scores feed the printed figures through the collectives it joins."""
+    result = run_probes(upstream / "2026-03-17_NaiveBaseline", nproc=2, timeout=LIMIT_S)
+    assert result.passed, {pid: o.message for pid, o in result.probes.items()}
+    assert result.probes["probe.single-pass"].evidence["figures"][-1] == "final_int8_zlib_roundtrip_exact (8192 tokens)"

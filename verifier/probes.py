@@ -440,7 +440,7 @@ def _judge_isolation(runs: dict[str, RecordRun], repeat) -> ProbeOutcome:
         return _not_checked(pid, "training is not deterministic on CPU (two runs with the same data exported "
                                  "different models); isolation cannot be decided", **evidence)
     what = {"B": "the validation tokens from P on", "C": "every validation token (and the split's length)"}
-    files = sorted(f for n in differ for f in a if runs[n].artifacts.get(f) != a[f])
+    files = sorted({f for n in differ for f in a if runs[n].artifacts.get(f) != a[f]})
     message = (f"the exported model ({', '.join(files)}) changes when only validation data changes "
                f"({'; '.join(what[n] for n in differ)}): validation data reaches training or calibration "
                "(README: validation data may never be trained on)")

@@ -20,7 +20,7 @@ import numpy as np
 from verifier import tinydata
 
 __all__ = ["Tokenizer", "DataDir", "load_tokenizer", "random_split", "change_from", "text_splits", "write_data", "data_env",
-           "read_tokens", "describe_tokenizer", "PROBE_VAL_TOKENS", "PROBE_TRAIN_TOKENS"]
+           "read_tokens", "describe_tokenizer", "linked", "PROBE_VAL_TOKENS", "PROBE_TRAIN_TOKENS"]
 
 PROBE_VAL_TOKENS = 8192  # validation targets of a probe run (plus the first token)
 PROBE_TRAIN_TOKENS = 1 << 17
@@ -149,6 +149,14 @@ def write_data(root: Path, tok: Tokenizer, train: np.ndarray, val: np.ndarray, s
     if sidecar:
         _write_shard(dataset / "fineweb_val_bytes_000000.bin", np.maximum(tok.base_bytes[val], 0))
     return DataDir(root, dataset, tokenizer, val)
+
+
+def linked(data: DataDir, root: str) -> DataDir:
+    """`data` as seen through `root` (a link to data.root in the run's folder): every run of a probe sees
+    the same path strings, which some scripts hash into their data order."""
+    base = Path(root)
+    return DataDir(base, base / data.dataset.relative_to(data.root), base / data.tokenizer.relative_to(data.root),
+                   data.val_tokens)
 
 
 def data_env(knobs, data: DataDir) -> dict[str, str]:

@@ -13,10 +13,11 @@ import os
 import re
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from verifier.harness.data import DataDir, data_env
+from verifier.harness.data import DataDir, data_env, linked
 from verifier.harness.proc import LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, isolation_prefix, run_logged
 from verifier.harness.script import NOT_RUNNABLE, Plan
 
@@ -24,6 +25,7 @@ __all__ = ["INJECT", "RecordRun", "run_record", "harness_env", "NOT_RUNNABLE", "
 
 INJECT = Path(__file__).with_name("inject")
 RUN_SEED = "1337"
+DATA_LINK = "_golf_data"  # the run's data, linked into its copy: the same relative paths in every run
 # What a copy leaves out: earlier outputs (logs, artifacts) and our own reruns.
 _COPY_IGNORE = ("*.log", "final_model*", "*.ptz", "__pycache__", ".git", "verify", "logs")
 _KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TMP", "TEMP",
@@ -142,7 +144,7 @@ def _artifacts(copy: Path, before: set[str], *dirs: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
             if not path.is_file() or path.suffix in _NOT_ARTIFACT or rel in before or "__pycache__" in rel \
-                    or rel.startswith(("logs/", "capture/")):
+                    or rel.startswith(("logs/", "capture/", DATA_LINK)):
                 continue
             out.setdefault(rel, hashlib.sha256(path.read_bytes()).hexdigest())
     return out
@@ -155,9 +157,14 @@ def run_record(plan: Plan, data: DataDir, work: Path, *, name: str = "run", npro
     copy = work / "record"
     copy_record(plan.folder, copy)
     before = {p.relative_to(copy).as_posix() for p in copy.rglob("*")}
+    (copy / DATA_LINK).symlink_to(data.root.resolve(), target_is_directory=True)
     log_dir = work / "logs"
     log_dir.mkdir()
-    env = harness_env(plan, data, capture=work / "capture" if capture else None, log_dir=log_dir, extra=extra_env)
+    # A run id of its own: scripts name files outside their folder after it (/tmp/ttt_counter_<run id>), and
+    # concurrent runs must not share them.
+    run_id = {"RUN_ID": f"golf_{name}_{uuid.uuid4().hex[:12]}"}
+    env = harness_env(plan, linked(data, f"./{DATA_LINK}"), capture=work / "capture" if capture else None,
+                      log_dir=log_dir, extra={**run_id, **(extra_env or {})})
     prefix, network, _note = isolation_prefix() if isolate else ([], "none", None)
     if prefix:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
