@@ -171,7 +171,7 @@ def test_pre_eval_training_fails_causality_and_single_pass_at_position_one(tmp_p
 def test_rescoring_after_adaptation_is_named(tmp_path):
     a, _, ta, _ = both(tmp_path, rescore, "final")
     single = judge_single_pass(a, ta)
-    assert single.status == "fail" and single.first.position == 1 and "re-scored after an update" in single.message
+    assert single.status == "fail" and single.first.position == 1 and "scored after an update" in single.message
 
 
 def test_target_keyed_cache_fails_normalization_and_causality_at_p(tmp_path):

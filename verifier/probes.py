@@ -12,9 +12,10 @@ validation tokens of its own vocabulary (documents start with BOS):
 Every score the script computes through F.cross_entropy, F.nll_loss or a log_softmax gather is
 captured with its target, NLL and a fingerprint of its distribution, and placed at a validation
 position by its row's window (verifier.harness.capture). Then
-    probe.causality      every captured score of a position before P is bit-identical in A and B,
-                         and so is the distribution predicting P itself (its target changed, its
-                         context did not): the first position that differs and the call are named;
+    probe.causality      the score of every position before P (its first captured computation) is
+                         bit-identical in A and B if it was computed before any token from P on was
+                         scored, and so is the distribution predicting P itself (its target changed,
+                         its context did not): the first position that differs and the call are named;
     probe.single-pass    every printed val_loss equals the mean over its tokens of each token's first
                          captured score (the score a token gets before any update that saw it, once);
     probe.normalization  every captured score comes from a distribution over the whole vocabulary
@@ -190,34 +191,19 @@ def _where(cap: Capture, call_index: int) -> dict:
 # ---------------------------------------------------------------------------------- causality
 
 def judge_causality(a: Capture, b: Capture, tokens_a: np.ndarray, tokens_b: np.ndarray, p: int) -> ProbeOutcome:
-    """Scores of positions < p bit-identical in A and B (same occurrences), and the distribution at p."""
+    """The score of every position before p (its first captured computation per printed figure) is
+    bit-identical in A and B if it was computed before any token from p on was scored, and so is the
+    distribution predicting p. (A score computed after tokens from p on were scored may depend on them:
+    test-time training on scored tokens, in any order, is legal; re-scoring is the single-pass probe's.)"""
     pid = "probe.causality"
     sa, sb = scores(a, tokens_a), scores(b, tokens_b)
-    before = sa.position < p
-    if not before.any():
+    ta, tb = _first_scores(sa, a, p), _first_scores(sb, b, p)
+    if not ta:
         return _not_checked(pid, "no captured score of a validation position before P: the script computes its "
                                  "scores outside F.cross_entropy, F.nll_loss and log_softmax", changed_from=p)
-
-    def table(s: Scores, cap: Capture) -> dict:
-        """(figure fed, position, window start) -> entries in the order computed: every computation without
-        gradient, and the first of each position per figure (a later computation with gradient is a training
-        step on a token already scored, which may depend on anything scored before it)."""
-        out: dict = {}
-        figure = np.array([-1 if c.figure is None else c.figure for c in cap.calls])[s.call]
-        grad = np.array([c.grad for c in cap.calls], dtype=bool)[s.call]
-        first: set = set()
-        for j in np.nonzero(s.position <= p)[0]:
-            at = (int(figure[j]), int(s.position[j]))
-            if grad[j] and at in first:
-                continue
-            first.add(at)
-            out.setdefault((*at, int(s.window[j])), []).append(int(j))
-        return out
-
-    ta, tb = table(sa, a), table(sb, b)
     found: dict[str, list[Problem]] = {}  # figure -> problems in position order (the first is reported)
-    for key in sorted(set(ta) | set(tb), key=lambda k: (k[1], k[0], k[2])):
-        problem = _compare_key(key[1:], ta.get(key, []), tb.get(key, []), sa, sb, a, b, p)
+    for key in sorted(set(ta) | set(tb), key=lambda k: (k[1], k[0])):
+        problem = _compare_first(key[1], ta.get(key), tb.get(key), sa, sb, a, b, p)
         if problem is not None:
             found.setdefault(problem.figure, []).append(problem)
     problems = []
@@ -227,38 +213,85 @@ def judge_causality(a: Capture, b: Capture, tokens_a: np.ndarray, tokens_b: np.n
         first.message += f"; {first.count} position(s) up to {p} differ in {figure}"
         problems.append(first)
     problems.sort(key=lambda q: (q.position, q.figure))
-    evidence = {"changed_from": p, "scores_compared": int(sum(len(v) for v in ta.values())),
-                "positions_compared": len({k[1] for k in ta})}
+    evidence = {"changed_from": p, "scores_compared": len(ta), "positions_compared": len({k[1] for k in ta})}
     return _outcome(pid, problems, evidence,
-                    f"{evidence['scores_compared']} captured score(s) of {evidence['positions_compared']} positions "
-                    f"up to P={p} are bit-identical when the tokens from P on change (and so is the distribution "
-                    "predicting P)")
+                    f"{evidence['scores_compared']} first score(s) of {evidence['positions_compared']} positions up to "
+                    f"P={p}, computed before any token from P on was scored, are bit-identical when the tokens from "
+                    "P on change (and so is the distribution predicting P)")
 
 
-def _compare_key(key, ja: list[int], jb: list[int], sa: Scores, sb: Scores, a: Capture, b: Capture,
-                 p: int) -> Problem | None:
-    """The first difference between the computations of one (position, window) in A and in B."""
-    pos = key[0]
-    if len(ja) != len(jb):
-        w = _where(a, int(sa.call[ja[0]])) if ja else _where(b, int(sb.call[jb[0]]))
-        return Problem("computed-differently", f"{w['figure']}: position {pos} (window from {key[1]}) is scored "
-                       f"{len(ja)} time(s) in A and {len(jb)} in B, whose tokens differ only from position {p} on "
-                       f"(computed at {w['site']}): C1, a score may depend only on earlier tokens", pos, w["site"],
+def _first_scores(s: Scores, cap: Capture, p: int) -> dict:
+    """(figure, position) -> entry of the reported score of positions up to p that must not depend on the
+    tokens from p on: those computed no later than the first reported score of a position >= p in the same
+    figure. A token's reported score is its first captured computation, or else the one that makes the
+    printed figure (see _reported)."""
+    order = {c: k for k, c in enumerate(sorted(range(len(cap.calls)), key=lambda i: cap.calls[i].order))}
+    out: dict = {}
+    for f, calls in _figure_groups(cap):
+        chosen = _reported(cap, s, np.nonzero(np.isin(s.call, calls))[0], cap.figures[f])
+        if not len(chosen):
+            continue
+        when = np.array([order[int(c)] for c in s.call[chosen]])
+        late = s.position[chosen] >= p
+        taint = int(when[late].min()) if late.any() else 1 << 62
+        for j, w in zip(chosen.tolist(), when.tolist()):
+            if s.position[j] <= p and w <= taint:
+                out[(f, int(s.position[j]))] = j
+    return out
+
+
+def _candidates(cap: Capture, s: Scores, sel: np.ndarray) -> dict[str, np.ndarray]:
+    """Ways to pick one computation per token (entry indices, by position): the first; the first without
+    gradient (a script that scores under no_grad after training forwards); the last computation of the
+    first one's window (a re-score)."""
+    pos = s.position[sel]
+    _, first = np.unique(pos, return_index=True)  # sel is in computed order
+    grad = np.array([cap.calls[int(c)].grad for c in s.call[sel]], dtype=bool)
+    plain = np.nonzero(~grad)[0]
+    _, plain_first = np.unique(pos[plain], return_index=True)
+    by_pos = dict(zip(pos[first].tolist(), first.tolist()))
+    by_pos.update(dict(zip(pos[plain][plain_first].tolist(), plain[plain_first].tolist())))
+    no_grad = np.array([by_pos[q] for q in pos[first].tolist()])
+    key = pos * (int(pos.max()) + 2) + s.window[sel]
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    last_of_key = dict(zip(key[::-1][last_rev].tolist(), (len(key) - 1 - last_rev).tolist()))
+    last = np.array([last_of_key[k] for k in key[first].tolist()])
+    return {"first": sel[first], "first computation without gradient": sel[no_grad],
+            "last computation in its first window": sel[last]}
+
+
+def _reported(cap: Capture, s: Scores, sel: np.ndarray, fig) -> np.ndarray:
+    """The candidate whose mean is the printed figure (the first one when none is)."""
+    if not len(sel):
+        return sel
+    options = _candidates(cap, s, sel)
+    for chosen in options.values():
+        if abs(float(s.nll[chosen].astype(np.float64).mean()) - fig.val_loss) <= _tolerance(fig):
+            return chosen
+    return options["first"]
+
+
+def _compare_first(pos: int, ja: int | None, jb: int | None, sa: Scores, sb: Scores, a: Capture, b: Capture,
+                   p: int) -> Problem | None:
+    """The difference between the first computations of one position in A and in B, if any."""
+    if ja is None or jb is None or sa.window[ja] != sb.window[jb]:
+        w = _where(a, int(sa.call[ja])) if ja is not None else _where(b, int(sb.call[jb]))
+        return Problem("computed-differently", f"{w['figure']}: position {pos} is first scored "
+                       f"{'in A only' if jb is None else 'in B only' if ja is None else 'by different windows'}, "
+                       f"though the tokens differ only from position {p} on (computed at {w['site']}): C1, a score "
+                       "may depend only on earlier tokens", pos, w["site"], w["figure"])
+    same_fp = sa.fp[ja].tobytes() == sb.fp[jb].tobytes()
+    w = _where(a, int(sa.call[ja]))
+    if pos < p and not (same_fp and sa.nll[ja].tobytes() == sb.nll[jb].tobytes()):
+        return Problem("score-differs", f"{w['figure']}: the score of position {pos} changed ({float(sa.nll[ja]):.6f} "
+                       f"-> {float(sb.nll[jb]):.6f}) when only tokens from position {p} on changed, none of them scored "
+                       f"yet; computed at {w['site']} ({w['kind']}): C1, the distribution at a position may depend only "
+                       "on earlier tokens (and on tokens already scored)", pos, w["site"], w["figure"])
+    if pos == p and not same_fp:
+        return Problem("distribution-differs", f"{w['figure']}: the distribution predicting position {p} changed when "
+                       f"only the token at {p} (and later ones) changed, not its context: the score reads its own "
+                       f"target (computed at {w['site']}); C1, a target-keyed cache or bias", pos, w["site"],
                        w["figure"])
-    for x, y in zip(ja, jb):
-        same_fp = sa.fp[x].tobytes() == sb.fp[y].tobytes()
-        same_nll = sa.nll[x].tobytes() == sb.nll[y].tobytes()
-        w = _where(a, int(sa.call[x]))
-        if pos < p and not (same_fp and same_nll):
-            return Problem("score-differs", f"{w['figure']}: the score of position {pos} changed "
-                           f"({float(sa.nll[x]):.6f} -> {float(sb.nll[y]):.6f}) when only tokens from position {p} "
-                           f"on changed; computed at {w['site']} ({w['kind']}): C1, the distribution at a position "
-                           "may depend only on earlier tokens", pos, w["site"], w["figure"])
-        if pos == p and not same_fp:
-            return Problem("distribution-differs", f"{w['figure']}: the distribution predicting position {p} changed "
-                           f"when only the token at {p} (and later ones) changed, not its context: the score reads "
-                           f"its own target (computed at {w['site']}); C1, a target-keyed cache or bias", pos,
-                           w["site"], w["figure"])
     return None
 
 
@@ -333,23 +366,23 @@ def _judge_figure(cap: Capture, s: Scores, sel: np.ndarray, fig, targets: int) -
 
 
 def _rescored(cap: Capture, s: Scores, sel, first, fig, tol, head) -> Problem | None:
-    """A token computed again later in the same window with another value (a score after an update), or
-    first computed by a training step."""
-    pos = s.position[sel]
-    key = pos * (int(pos.max()) + 2) + s.window[sel]
-    _, last_rev = np.unique(key[::-1], return_index=True)
-    last_of_key = dict(zip(key[::-1][last_rev].tolist(), (len(key) - 1 - last_rev).tolist()))
-    last = np.array([last_of_key[k] for k in key[first].tolist()])
-    nll = s.nll[sel]
-    changed = np.nonzero(nll[first] != nll[last])[0]
+    """The figure is not the first computations' mean: name the first token whose first computation differs
+    from the one the figure counts (a score after an update: a re-score, or scoring after training forwards),
+    or, failing that, the first token first computed by a training step."""
+    options = _candidates(cap, s, sel)
+    name, chosen = next(((n, c) for n, c in options.items() if n != "first" and
+                         abs(float(s.nll[c].astype(np.float64).mean()) - fig.val_loss) <= tol),
+                        ("last computation in its first window", options["last computation in its first window"]))
+    firsts = options["first"]
+    changed = np.nonzero(s.nll[firsts] != s.nll[chosen])[0]
     if not len(changed):
-        changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[sel][first]], dtype=bool))[0]
+        changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[firsts]], dtype=bool))[0]
     if not len(changed):
         return None
-    mean_last = float(nll[last].astype(np.float64).mean())
-    how = (f"; the last computation of each token's first window averages {mean_last:.8f}: re-scored after an update"
-           if abs(mean_last - fig.val_loss) <= tol else "")
-    q, j1, j2 = int(pos[first][changed[0]]), int(sel[first][changed[0]]), int(sel[last][changed[0]])
+    matched = abs(float(s.nll[chosen].astype(np.float64).mean()) - fig.val_loss) <= tol
+    how = f"; it is the mean of each token's {name}: scored after an update" if matched else ""
+    j1, j2 = int(firsts[changed[0]]), int(chosen[changed[0]])
+    q = int(s.position[j1])
     w1, w2 = _where(cap, int(s.call[j1])), _where(cap, int(s.call[j2]))
     return Problem("not-first-score", f"{head}{how}; position {q} was first scored {float(s.nll[j1]):.6f} at "
                    f"{w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''} and later "
