@@ -30,8 +30,10 @@ def _report(probe_id: str, a, emit) -> None:
        hint="Score every token before any update that used it: score a chunk under inference mode, then train "
             "on it; never train on validation tokens before scoring them (pre-eval TTT, thread #677), never fit "
             "a delta to the targets being scored (SLOT), never read the target into its own distribution.",
-       description=_HOW + " Every captured score of a position before P (every computation without gradient, and "
-                          "the first of each position per printed line) must be bit-identical in A and B, and so "
+       description=_HOW + " The reported score of every position before P (per printed line: each token's first "
+                          "captured computation, or the computation whose mean is the printed figure) must be "
+                          "bit-identical in A and B if it was computed before any token from P on was scored (a "
+                          "score may depend on tokens already scored: test-time training in any order), and so "
                           "must the distribution predicting P (its target changed, its context did not: a "
                           "difference is a target-keyed cache or bias). The finding names the printed line, the "
                           "first position that differs and the call (file:line).")
