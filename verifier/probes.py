@@ -314,7 +314,9 @@ def _figure_groups(cap: Capture) -> list[tuple[int, list[int]]]:
 
 
 def _tolerance(fig) -> float:
-    return 0.5 * 10.0 ** -fig.decimals + 2e-6 * max(1.0, abs(fig.val_loss))
+    """Half a unit of the printed figure's last digit, plus float32 summation error (a script may average
+    its scores in float32 batches; we average the captured float32 scores in float64)."""
+    return 0.5 * 10.0 ** -fig.decimals + 1e-6 * max(1.0, abs(fig.val_loss))
 
 
 def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
@@ -353,8 +355,10 @@ def _judge_figure(cap: Capture, s: Scores, sel: np.ndarray, fig, targets: int) -
         return None, len(first)
     head = f"{fig.name} reports val_loss {fig.val_loss} but the first captured score of each of its {len(first)} " \
            f"tokens averages {mean_first:.8f}"
-    for diagnose in (_rescored, _window_tails):
-        problem = diagnose(cap, s, sel, first, fig, tol, head)
+    # What the figure is, if not that: a later computation of each token (explains it), windows counting
+    # tokens twice (explains it), else the first tokens first computed by a training step (evidence only).
+    for diagnose, explains in ((_rescored, True), (_window_tails, True), (_rescored, False)):
+        problem = diagnose(cap, s, sel, first, fig, tol, head, explains)
         if problem is not None:
             return problem, len(first)
     if len(first) < FULL_COVERAGE * targets:
@@ -365,32 +369,36 @@ def _judge_figure(cap: Capture, s: Scores, sel: np.ndarray, fig, targets: int) -
                    None, None, fig.name), len(first)
 
 
-def _rescored(cap: Capture, s: Scores, sel, first, fig, tol, head) -> Problem | None:
-    """The figure is not the first computations' mean: name the first token whose first computation differs
-    from the one the figure counts (a score after an update: a re-score, or scoring after training forwards),
-    or, failing that, the first token first computed by a training step."""
+def _rescored(cap: Capture, s: Scores, sel, first, fig, tol, head, explains: bool) -> Problem | None:
+    """explains: the figure is the mean of a later computation of each token (a score after an update: a
+    re-score, or scoring after training forwards); name the first token whose counted score is not its
+    first. Else: the first token first computed by a training step, if any (evidence, not an explanation)."""
     options = _candidates(cap, s, sel)
-    name, chosen = next(((n, c) for n, c in options.items() if n != "first" and
-                         abs(float(s.nll[c].astype(np.float64).mean()) - fig.val_loss) <= tol),
-                        ("last computation in its first window", options["last computation in its first window"]))
     firsts = options["first"]
-    changed = np.nonzero(s.nll[firsts] != s.nll[chosen])[0]
-    if not len(changed):
+    if explains:
+        name, chosen = next(((n, c) for n, c in options.items() if n != "first" and
+                             abs(float(s.nll[c].astype(np.float64).mean()) - fig.val_loss) <= tol), (None, None))
+        if chosen is None:
+            return None
+        changed = np.nonzero(s.nll[firsts] != s.nll[chosen])[0]
+        how = f"; it is the mean of each token's {name}: scored after an update"
+    else:
+        chosen = firsts
         changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[firsts]], dtype=bool))[0]
+        how = ""
     if not len(changed):
         return None
-    matched = abs(float(s.nll[chosen].astype(np.float64).mean()) - fig.val_loss) <= tol
-    how = f"; it is the mean of each token's {name}: scored after an update" if matched else ""
     j1, j2 = int(firsts[changed[0]]), int(chosen[changed[0]])
     q = int(s.position[j1])
     w1, w2 = _where(cap, int(s.call[j1])), _where(cap, int(s.call[j2]))
+    later = f" and later {float(s.nll[j2]):.6f} at {w2['site']}" if explains else ""
     return Problem("not-first-score", f"{head}{how}; position {q} was first scored {float(s.nll[j1]):.6f} at "
-                   f"{w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''} and later "
-                   f"{float(s.nll[j2]):.6f} at {w2['site']}: C3/C4, a token's score is fixed before any update that "
-                   "saw it, and counted once", q, w1["site"], fig.name, len(changed))
+                   f"{w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''}{later}: C3/C4, a "
+                   "token's score is fixed before any update that saw it, and counted once", q, w1["site"],
+                   fig.name, len(changed))
 
 
-def _window_tails(cap: Capture, s: Scores, sel, first, fig, tol, head) -> Problem | None:
+def _window_tails(cap: Capture, s: Scores, sel, first, fig, tol, head, explains: bool = True) -> Problem | None:
     """Sliding windows that count each window's last `stride` targets (all of the first window's): a short
     last window counts again tokens that the window before it counted."""
     windows: dict[int, dict[int, float]] = {}
