@@ -154,3 +154,19 @@ def test_a_run_is_offline_in_a_copy_and_names_what_cannot_run(tmp_path, monkeypa
     assert not run.ok and run.failure().startswith("not runnable on CPU: Triton kernel double_kernel"), \
         run.failure()
     assert os.environ.get("GOLF_HARNESS") is None  # nothing leaked into the caller
+
+
+def test_coverage_table_counts_and_explains():
+    from verifier.harness.coverage import render_table
+
+    ok = {"record": "a", "ran": True, "judged": True, "seconds": 12.3, "not_checked": [], "failed": [], "brief": [],
+          "verdicts": dict.fromkeys(("probe.causality", "probe.single-pass", "probe.normalization", "probe.isolation"),
+                                    "pass")}
+    bad = dict(ok, record="b", verdicts=dict(ok["verdicts"], **{"probe.single-pass": "fail"}),
+               brief=["single-pass: scored-twice at 8129 (final)"])
+    broken = dict(ok, record="c", ran=False, judged=False, not_checked=["not runnable: needs | pipes"],
+                  verdicts=dict.fromkeys(ok["verdicts"], "not checked"))
+    text = render_table([ok, bad, broken])
+    assert "| b | yes | yes | pass | FAIL | pass | pass | 12 | single-pass: scored-twice at 8129 (final) |" in text
+    assert "| c | no | no | n/c | n/c | n/c | n/c | 12 | not runnable: needs / pipes |" in text
+    assert text.endswith("3 record folders: 2 run end to end under the harness, 2 judged by all four probes.")

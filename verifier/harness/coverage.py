@@ -32,9 +32,12 @@ def probe_row(folder: Path, timeout: float = 300) -> dict:
     reasons = sorted({o.message for o in result.probes.values() if o.status == NOT_CHECKED})
     failed = [f"{pid.split('.', 1)[1]}: {o.first.message if o.first else o.message}"
               for pid, o in result.probes.items() if o.status == "fail"]
+    brief = [f"{pid.split('.', 1)[1]}: {q.kind}" + (f" at {q.position}" if q.position is not None else "")
+             + (f" ({q.figure})" if q.figure else "") for pid, o in result.probes.items() for q in o.problems[:1]]
     return {"record": folder.name, "ran": result.ran, "judged": result.judged,
             "verdicts": {pid: result.probes[pid].status for pid in PROBE_IDS},
             "seconds": round(time.perf_counter() - started, 1), "not_checked": reasons, "failed": failed,
+            "brief": brief,
             "profiles": result.plan.profiles if result.plan else []}
 
 
@@ -47,7 +50,7 @@ def render_table(rows: list[dict]) -> str:
     head = ["record", "runs", "judged", *(p.split(".", 1)[1] for p in PROBE_IDS), "s", "why not / what failed"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        why = "; ".join(r["not_checked"][:1] + r["failed"][:2])
+        why = "; ".join(r["not_checked"][:1] + r.get("brief", r["failed"])[:2])
         out.append("| " + " | ".join([r["record"], "yes" if r["ran"] else "no", "yes" if r["judged"] else "no",
                                       *(_SHORT[r["verdicts"][p]] for p in PROBE_IDS), f"{r['seconds']:.0f}",
                                       _cell(why)]) + " |")
