@@ -58,7 +58,7 @@ def test_plan_takes_the_logged_run_configuration_then_shrinks_it(tmp_path):
     assert plan.run_config == {"NUM_LAYERS": "11", "QK_GAIN_INIT": "5.25", "TTT_ENABLED": "1", "VOCAB_SIZE": "4096"}
     assert plan.env["NUM_LAYERS"] == "2" and plan.env["QK_GAIN_INIT"] == "5.25" and plan.env["TTT_ENABLED"] == "1"
     assert "ITERATIONS" not in plan.env  # the script does not read it
-    assert plan.vocab == 4096 and plan.profiles == ["tiny"]
+    assert plan.vocab == 1024 and plan.env["VOCAB_SIZE"] == "1024" and plan.profiles == ["tiny"]  # shrunk too
 
 
 def test_readme_command_is_the_run_configuration_when_logs_print_none(tmp_path):
@@ -80,7 +80,8 @@ def test_entry_script_and_a_folder_without_one(tmp_path):
 @pytest.mark.skipif(not UPSTREAM.is_dir(), reason="../shared/upstream is not present beside the repository")
 def test_public_records_are_planned():
     lzma = plan_folder(UPSTREAM / "2026-04-05_SP8192_GPTQ-Embeddings_SDClip_Loop45x2")  # a self-extracting script
-    assert lzma.vocab == 8192 and "depth-recurrence" in lzma.profiles and lzma.env["NUM_LAYERS"] == "3"
+    assert lzma.run_config["VOCAB_SIZE"] == "8192" and lzma.vocab == 1024  # the vocabulary shrinks like the model
+    assert "depth-recurrence" in lzma.profiles and lzma.env["NUM_LAYERS"] == "3"
     caseops = plan_folder(UPSTREAM / "2026-04-19_SP8192_CaseOps_GatedAttn_QuantGate_Loop45_PhasedTTT")
     assert caseops.reads_byte_sidecar and caseops.run_config["CASEOPS_ENABLED"] == "1"
     assert "varlen-lora-ttt" in caseops.profiles and caseops.env["TTT_EVAL_SEQ_LEN"] == "128"

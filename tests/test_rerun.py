@@ -49,15 +49,16 @@ def rerun_dirs(folder: Path) -> list[Path]:
         if (folder / "verify").is_dir() else []
 
 
-def leftover_workers() -> list[str]:
-    """Processes still running in a rerun's temporary copy (a killed run must leave none)."""
+def leftover_workers(folder_name: str) -> list[str]:
+    """Processes still running in a rerun's temporary copy of this folder (a killed run must leave none;
+    other sessions' reruns on a shared machine are not ours)."""
     out = []
     for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         try:
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if "golf-rerun-" in cwd and int(pid) != os.getpid():
+        if "golf-rerun-" in cwd and cwd.endswith("/" + folder_name) and int(pid) != os.getpid():
             out.append(f"{pid}:{cwd}")
     return out
 
@@ -353,7 +354,7 @@ def test_rerun_killed_at_its_timeout_keeps_the_partial_log(baseline, tiny_data):
     assert entry["status"] == "timeout" and entry["phase"] == "training" and entry["step"] > 0
     assert entry["log"] == f"verify/{saved.name}/train_seed3.log" and data["env_overrides"]["ITERATIONS"] == "1000000"
     assert 20 <= entry["timers_s"]["wall_s"] < 60
-    assert not leftover_workers()
+    assert not leftover_workers(baseline.name)
 
 
 @pytest.mark.slow

@@ -130,6 +130,24 @@ def kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait(timeout=10.0)
     except subprocess.TimeoutExpired:
         pass
+    _wait_gone(pids, timeout=10.0)
+
+
+def _alive(pid: int, started: int) -> bool:
+    """The process still runs (not gone, not a zombie, not a new process under the same id)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
+        return fields[0] != "Z" and int(fields[19]) == started
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _wait_gone(pids: list[tuple[int, int]], timeout: float) -> None:
+    """Killed processes take a moment to go: return once none of them runs (or after timeout)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid, started) for pid, started in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 
