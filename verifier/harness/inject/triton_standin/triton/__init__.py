@@ -4,7 +4,9 @@ script with a PyTorch path for its kernel takes it on CPU; a kernel launched any
 PyTorch twin (triton/_twins.py, matched by name and source) or raises
 `not runnable on CPU: Triton kernel <name>`."""
 
-from triton import language  # noqa: F401
+from triton import language
+
+__all__ = ["language", "jit", "autotune", "heuristics", "Config", "cdiv", "next_power_of_2"]
 
 __version__ = "0.0-golf-cpu-stand-in"
 NOT_RUNNABLE = "not runnable on CPU: "
