@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,14 @@ def _artifacts(copy: Path, before: set[str], *dirs: Path) -> dict[str, str]:
     return out
 
 
+def _remove_strays(run_id: str) -> None:
+    """Files a script left in the temporary folder under its (unique, harness-given) run id."""
+    for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
+        for path in folder.glob(f"*{run_id}*"):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+
+
 def run_record(plan: Plan, data: DataDir, work: Path, *, name: str = "run", nproc: int = 1, timeout: float = 300,
                capture: bool = True, extra_env: dict | None = None, isolate: bool = True) -> RecordRun:
     """Run plan's entry script once in work/record (a copy); outputs under work/."""
@@ -170,6 +179,7 @@ def run_record(plan: Plan, data: DataDir, work: Path, *, name: str = "run", npro
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [*prefix, python(), "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", plan.entry]
     rc, seconds, timed_out = run_logged(cmd, copy, env, timeout, work / "stdout.txt", work / "stderr.txt")
+    _remove_strays(run_id["RUN_ID"])
     shown = {k: v for k, v in env.items() if k in plan.env or k in ("SEED", "RUN_ID")}
     run = RecordRun(name, rc, seconds, timed_out, work, shown, network=network)
     run.artifacts = _artifacts(copy, before, log_dir)
