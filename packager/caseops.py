@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packager.tinydata import (
+from verifier.tinydata import (
     DEFAULT_SEED, SP_TRAINER_SETTINGS, TinyDataError, encode_documents, shard_bytes, source_documents,
     split_documents, split_shards, train_stream, write_atomic,
 )

@@ -200,7 +200,7 @@ def data_caseops(out: Path, vocab_size: int) -> None:
               help="Tokenizer vocabulary: 1024, 4096 and 8192 as the challenge's sp1024/sp4096/sp8192 data.")
 def data_tiny(out: Path, vocab_size: int) -> None:
     """Build the tiny dataset (tokenizer + FineWeb-format shards) from Python's own docs."""
-    from packager.tinydata import build_tiny_dataset
+    from verifier.tinydata import build_tiny_dataset
 
     try:
         summary = build_tiny_dataset(out, vocab_size=vocab_size)

@@ -2,12 +2,14 @@
 model and a few steps, through every eval path of its recipe (TTT included), before spending GPU time.
 
 The small settings come from two places, each owning its part: golf-verify's SMOKE_OVERRIDES (the
-variables every Parameter Golf script shares: model size, steps, batch) and the `smoke` values of the
-runtime modules' hyperparameters (each feature shrinks its own: TTT chunks, evaluation windows, XSA,
-value-embedding layers...). golf-pack also stores them in the folder's manifest, so that
-`golf-verify FOLDER --rerun --smoke` uses the same settings. The run itself is golf-verify's smoke
-rerun: a temporary copy of the folder, offline, with a time limit; the logs are saved under
-FOLDER/verify/<time>/, where golf-pack does not collect them as results.
+CPU harness's `tiny` profile: the variables Parameter Golf scripts share, model size, steps, batch)
+and the `smoke` values of the runtime modules' hyperparameters (each feature shrinks its own: TTT
+chunks, evaluation windows, XSA, value-embedding layers...). The vocabulary is the recipe's: the
+tiny dataset is built at it. golf-pack stores them in the folder's manifest (`smoke_env`), and the
+harness runs a golf-pack folder with exactly those (in place of its profiles for anyone's folder),
+so `golf-pack smoke` and `golf-verify FOLDER --smoke` run the same thing: golf-verify's smoke rerun,
+under its CPU harness, in a temporary copy of the folder, offline, with a time limit; the logs are
+saved under FOLDER/verify/<time>/, where golf-pack does not collect them as results.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def smoke_env(recipe) -> dict[str, str]:
     from verifier.rerun import SMOKE_OVERRIDES
 
     hps = script_hparams(recipe)
-    envs = {hp.env for hp in hps}
+    envs = {hp.env for hp in hps} - {"VOCAB_SIZE"}  # the tiny dataset is built at the recipe's vocabulary
     out = {env: value for env, value in SMOKE_OVERRIDES.items() if env in envs}
     out.update({hp.env: env_text(hp.kind, str(hp.smoke)) for hp in hps if hp.smoke is not None})
     return out
@@ -48,7 +50,7 @@ class SmokeRun:
 def _tiny_data(recipe, root: Path) -> tuple[str, str]:
     """The tiny dataset at the recipe's vocabulary; CaseOps-transformed, with its byte sidecar, if the recipe reads one."""
     from packager.caseops import build_tiny_caseops
-    from packager.tinydata import build_tiny_dataset
+    from verifier.tinydata import build_tiny_dataset
 
     if recipe.values.get("caseops_enabled"):
         built = build_tiny_caseops(root / "tiny", vocab_size=recipe.values["vocab_size"])
@@ -79,12 +81,16 @@ def _folder(source: Path, say: Callable[[str], None]):
 def run_smoke(source: Path, *, seeds: list[int] | None = None, nproc: int = 2, data_path: str | None = None,
               tokenizer_path: str | None = None, timeout: float = SMOKE_TIMEOUT_S,
               say: Callable[[str], None] = print) -> SmokeRun:
-    """Smoke-run a folder or a recipe; UserError when it cannot start."""
+    """Smoke-run a folder or a recipe (with the settings its manifest carries); UserError when it cannot start."""
+    from verifier.folder import golf_pack_smoke_env
     from verifier.rerun import RerunError, rerun_folder
 
     if (data_path is None) != (tokenizer_path is None):
         raise UserError("give both --data-path and --tokenizer-path, or neither (the tiny dataset is built)")
     folder, recipe = _folder(Path(source), say)
+    if not golf_pack_smoke_env(folder):
+        raise UserError("its .golf-pack.json holds no smoke settings (rendered by an older golf-pack): render it "
+                        "again with `golf-pack RECIPE --force`", str(folder))
     run_seeds = list(seeds) if seeds else recipe.seeds[:1]
     with tempfile.TemporaryDirectory(prefix="golf-smoke-data-") as tmp:
         if data_path is None:
@@ -92,7 +98,7 @@ def run_smoke(source: Path, *, seeds: list[int] | None = None, nproc: int = 2, d
         try:
             outcome = rerun_folder(folder, seeds=run_seeds, nproc=nproc, data_path=data_path,
                                    tokenizer_path=tokenizer_path, timeout=timeout, smoke=True,
-                                   extra_env=smoke_env(recipe), display=str(folder), progress=say)
+                                   display=str(folder), progress=say)
         except RerunError as exc:
             raise UserError(str(exc), str(folder)) from None
     return SmokeRun(folder, all(s.status == "ok" for s in outcome.result.seeds), _report(folder, outcome, recipe))

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The tiny dataset (tokenizer + shards), built once per test session."""
-    from packager.tinydata import build_tiny_dataset
+    from verifier.tinydata import build_tiny_dataset
 
     out = tmp_path_factory.mktemp("tiny")
     build_tiny_dataset(out)

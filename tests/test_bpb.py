@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from packager.hparams import make_args
 from packager.runtime.bpb import HPARAMS, bits_per_byte, build_sentencepiece_luts, count_bytes, eval_val
-from packager.tinydata import source_documents, split_documents, train_tokenizer
+from verifier.tinydata import source_documents, split_documents, train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_RECORDS = REPO_ROOT.parent / "shared" / "upstream-records"

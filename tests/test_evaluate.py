@@ -1,19 +1,22 @@
-"""Sliding-window evaluation and the probe ledger (packager.runtime.evaluate)."""
+"""Sliding-window evaluation (packager.runtime.evaluate), its scores captured from outside as golf-verify's
+probes capture them."""
 
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from packager.hparams import make_args
 from packager.runtime.bpb import eval_val
-from packager.runtime.evaluate import Ledger, eval_sliding, eval_windows
+from packager.runtime.evaluate import eval_sliding, eval_windows
 from packager.runtime.model import GPT
+from verifier.harness.capture import capturing, load_capture, scores
+from verifier.probes import judge_normalization, judge_single_pass
 
 CPU = torch.device("cpu")
 SEQ_LEN = 32
@@ -95,35 +98,35 @@ def trained_model():
     return trained_state()
 
 
-def read_ledger(folder: Path, rank: int = 0) -> dict:
-    return json.loads((folder / f"ledger_rank{rank}.json").read_text())
+def random_tokens(n_tokens: int, seed: int) -> torch.Tensor:
+    """Uniformly random tokens in BOS-delimited documents: every 4-gram occurs about once, so the
+    probes' capture places each scored row at its validation position."""
+    g = np.random.default_rng(seed)
+    t = g.integers(4, VOCAB, size=n_tokens)
+    starts = np.cumsum(g.integers(12, 120, size=n_tokens // 12))
+    t[starts[starts < n_tokens]] = BOS
+    t[0] = BOS
+    return torch.from_numpy(t).to(torch.uint16)
 
 
-def check_score_first(run: dict, num_tokens: int) -> None:
-    """Every token 1..num_tokens-1 is scored exactly once, and no step reads a token whose
-    score it could still change: every token it reads is scored already (token 0 is context
-    only), or lies outside the step's scope (per-document adapters)."""
-    seen = torch.zeros(num_tokens, dtype=torch.int64)
-    seen[0] = 1
-    for event in run["events"]:
-        if "score" in event:
-            a, b = event["score"]
-            assert len(event["nll"]) == b - a
-            seen[a:b] += 1
-            continue
-        scopes = event.get("scope") or [[0, num_tokens]] * len(event["tokens"])
-        for (lo, hi), (s0, s1) in zip(event["tokens"], scopes, strict=True):
-            lo, hi = max(lo, s0), min(hi, s1)
-            assert lo >= hi or bool((seen[lo:hi] > 0).all()), f"step {event['step']} reads unscored tokens in [{lo}, {hi})"
-    assert bool((seen == 1).all()), "every token must be scored exactly once"
+def captured(folder: Path, name: str, run, ranks: int = 1):
+    """(capture, run()'s result): run's score computations as the probes capture them, with its
+    val_loss printed as `<name> val_loss:`."""
+    with capturing(folder) as cap:
+        result = run()
+        loss = result[1] if isinstance(result[0], str) else result[0]
+        cap.line(f"{name} val_loss:{loss:.8f}")
+    capture, why = load_capture(folder, ranks)
+    assert capture is not None, why
+    return capture, result
 
 
-def scored_nll(run: dict, num_tokens: int) -> torch.Tensor:
-    out = torch.full((num_tokens,), float("nan"), dtype=torch.float64)
-    for event in run["events"]:
-        if "score" in event:
-            a, b = event["score"]
-            out[a:b] = torch.tensor(event["nll"], dtype=torch.float64)
+def first_scores(capture, tokens: torch.Tensor) -> np.ndarray:
+    """NLL of each position's first captured computation (NaN where none)."""
+    s = scores(capture, tokens.to(torch.int64).numpy())
+    out = np.full(tokens.numel(), np.nan)
+    for j in range(len(s.position) - 1, -1, -1):  # the first wins
+        out[s.position[j]] = s.nll[j]
     return out
 
 
@@ -176,45 +179,24 @@ def test_smaller_stride_lowers_loss_on_trained_model(trained_model):
     assert slide_loss / slide_bpb == pytest.approx(plain_loss / plain_bpb, rel=1e-9)
 
 
-def test_ledger_sees_every_token_once_with_normalized_logprobs(trained_model, tmp_path, monkeypatch):
+def test_sliding_scores_every_token_once_as_captured(trained_model, tmp_path):
     args, state = trained_model
     args = tiny_args(sliding_stride=8, eval_batch_seqs=7)
     model = GPT(args)
     model.load_state_dict(state)
-    tokens = synthetic_tokens(SEQ_LEN * 20 + 1, seed=9)
-    monkeypatch.setenv("GOLF_PROBE_DIR", str(tmp_path))
-    monkeypatch.setenv("GOLF_PROBE_SAMPLES", "3")
-    ledger = Ledger(0, tokens.numel())
-    loss, _ = eval_sliding(args, model, 0, 1, CPU, tokens, fake_luts(), ledger)
-    ledger.write()
-    data = read_ledger(tmp_path)
-    assert data["rank"] == 0 and len(data["samples"]) == 3 and [r["name"] for r in data["runs"]] == ["sliding"]
-    run = data["runs"][0]
-    check_score_first(run, tokens.numel())
-    nll = scored_nll(run, tokens.numel())[1:]
-    assert float(nll.mean()) == pytest.approx(loss, rel=1e-9)
-    # A sampled token's log-probs sum to one and give back its scored NLL.
-    ids = tokens.to(torch.int64)
-    for t, logp in run["logprobs"].items():
-        logp = torch.tensor(logp, dtype=torch.float64)
-        assert logp.numel() == VOCAB and float(logp.exp().sum()) == pytest.approx(1.0, abs=1e-9)
-        assert float(-logp[ids[int(t)]]) == pytest.approx(float(nll[int(t) - 1]), abs=1e-5)
-    assert sorted(map(int, run["logprobs"])) == data["samples"]
+    tokens = random_tokens(SEQ_LEN * 20 + 1, seed=9)
+    capture, (loss, _) = captured(tmp_path, "final_sliding_window", lambda: eval_sliding(
+        args, model, 0, 1, CPU, tokens, fake_luts()))
+    nll = first_scores(capture, tokens)[1:]
+    assert not np.isnan(nll).any() and float(nll.mean()) == pytest.approx(loss, rel=1e-6)
+    ids = tokens.to(torch.int64).numpy()
+    assert judge_single_pass(capture, ids).passed and judge_normalization(capture, ids, VOCAB).passed
     # Positions are indices of the predicted token: recompute one window's span directly.
     start, first, end = eval_windows(args, tokens.numel() - 1)[5]
+    ids = tokens.to(torch.int64)
     with torch.no_grad():
         direct = F.cross_entropy(model(ids[start:end][None])[0], ids[start + 1 : end + 1], reduction="none")
-    assert torch.allclose(nll[first:end], direct[first - start :].double(), atol=1e-5)
-
-
-def test_ledger_is_inert_without_probe_dir(tmp_path, monkeypatch):
-    monkeypatch.delenv("GOLF_PROBE_DIR", raising=False)
-    ledger = Ledger(0, 100)
-    ledger.begin("x")
-    ledger.score(1, torch.zeros(3), torch.zeros(3, VOCAB))
-    ledger.step([(0, 4)])
-    ledger.write()
-    assert ledger.runs == [] and ledger.steps == 0 and not list(tmp_path.iterdir())
+    assert np.allclose(nll[first:end], direct[first - start :].double().numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------- the records' window lists

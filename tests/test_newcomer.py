@@ -222,7 +222,9 @@ def test_smoke_settings_come_from_the_features_and_the_manifest_carries_them(fol
     from verifier.rerun import SMOKE_OVERRIDES
 
     base = smoke_env(load_recipe(ROOT / "recipes" / "naive_baseline.yaml"))
-    assert base == SMOKE_OVERRIDES  # the baseline has no feature of its own to shrink
+    # the baseline has no feature of its own to shrink: the shared sizes only, at the recipe's vocabulary
+    assert base.items() <= SMOKE_OVERRIDES.items() and {"NUM_LAYERS", "ITERATIONS"} <= set(base)
+    assert "VOCAB_SIZE" not in base
     lora = smoke_env(load_recipe(ROOT / "recipes" / "lora_ttt_swiglu_1xh100.yaml"))
     assert {k: lora[k] for k in ("TTT_CHUNK_LEN", "XSA_LAST_N", "SWA_EVERY")} == {
         "TTT_CHUNK_LEN": "128", "XSA_LAST_N": "1", "SWA_EVERY": "2"}

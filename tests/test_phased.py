@@ -1,10 +1,11 @@
 """Phased TTT: per-document LoRA scored chunk by chunk, global SGD phases on scored documents only;
-checked with the probes' own ledger checks (verifier.probes), in process on the tiny dataset."""
+judged in process on the scores the probes capture from outside (verifier.harness.capture, verifier.probes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
@@ -12,20 +13,20 @@ import torch
 from packager.hparams import make_args
 from packager.runtime import phased as P
 from packager.runtime.bpb import build_sentencepiece_luts
-from packager.runtime.data import load_validation_tokens
-from packager.runtime.evaluate import Ledger
 from packager.runtime.model import GPT
 from packager.runtime.ttt import eval_ttt
 from tests.model_helpers import one_thread  # noqa: F401
-from verifier.probes import check_ledgers, compare_nll
+from verifier.harness.capture import capturing, load_capture, scores
+from verifier.probes import judge_causality, judge_single_pass
 
 VAL_TOKENS = 6000
+VOCAB = 1024
 
 
 def phased_args(**overrides):
     values = dict(ttt_mode="phased", num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=2,
                   train_seq_len=128, eval_seq_len=128, ttt_lora_rank=4, ttt_lora_lr=0.01, ttt_chunk_len=64,
-                  ttt_batch_docs=2, phased_ttt_prefix_docs=6, phased_ttt_num_phases=2, global_ttt_chunk_tokens=512,
+                  ttt_batch_docs=2, phased_ttt_prefix_docs=6, phased_ttt_num_phases=2, global_ttt_chunk_tokens=256,
                   global_ttt_batch_seqs=2, global_ttt_lr=0.01)
     values.update(overrides)
     return make_args(None, **values)
@@ -33,68 +34,83 @@ def phased_args(**overrides):
 
 @pytest.fixture(scope="module")
 def tiny_val(tiny_data):
-    val = load_validation_tokens(str(tiny_data / "datasets" / "fineweb10B_sp1024" / "fineweb_val_*.bin"), 128)
-    bos = (val[:VAL_TOKENS] == P.BOS_TOKEN).nonzero().flatten().tolist()
+    """Random tokens in BOS-led documents of 12-120 tokens (every 4-gram about once, so the capture places each
+    scored row), ending with a BOS; the tiny tokenizer's byte tables."""
+    g = np.random.default_rng(5)
+    val = g.integers(4, VOCAB, size=VAL_TOKENS)
+    starts = np.cumsum(g.integers(12, 120, size=VAL_TOKENS // 12))
+    val[starts[starts < VAL_TOKENS]] = P.BOS_TOKEN
+    val[0] = val[-1] = P.BOS_TOKEN
     sp = spm.SentencePieceProcessor(model_file=str(tiny_data / "tokenizers" / "fineweb_1024_bpe.model"))
-    return val[: bos[-1] + 1].clone(), build_sentencepiece_luts(sp, 1024, torch.device("cpu"))
+    return torch.from_numpy(val).to(torch.uint16), build_sentencepiece_luts(sp, VOCAB, torch.device("cpu"))
 
 
-def run_phased(args, val, luts, monkeypatch, tmp_path: Path) -> tuple[float, float, dict]:
-    monkeypatch.setenv("GOLF_PROBE_DIR", str(tmp_path))
+def run_phased(args, val, luts, folder: Path):
+    """(loss, bpb, capture of every score computed, printed as the script prints its figure)."""
     torch.manual_seed(0)
     model = GPT(args)
-    ledger = Ledger(0, val.numel())
-    name, loss, bpb = eval_ttt(args, model, 0, 1, torch.device("cpu"), val, luts, lambda *a, **k: None, ledger)
+    with capturing(folder) as cap:
+        name, loss, bpb = eval_ttt(args, model, 0, 1, torch.device("cpu"), val, luts, lambda *a, **k: None)
+        cap.line(f"{name} val_loss:{loss:.8f}")
     assert name == "quantized_ttt_phased"
-    return loss, bpb, {"rank": 0, "samples": ledger.samples, "runs": ledger.runs}
+    capture, why = load_capture(folder, 1)
+    assert capture is not None, why
+    return loss, bpb, capture
 
 
-def test_every_token_scored_once_and_global_phases_read_only_scored_documents(tiny_val, monkeypatch, tmp_path):
+def test_every_token_scored_once_and_global_phases_read_only_scored_documents(tiny_val, tmp_path):
     val, luts = tiny_val
-    args = phased_args()
-    loss, bpb, ledger = run_phased(args, val, luts, monkeypatch, tmp_path)
-    assert check_ledgers([ledger], num_tokens=val.numel()) == []
-    steps = [e for e in ledger["runs"][0]["events"] if "step" in e]
-    global_steps = [e for e in steps if e["scope"] is None]
-    assert global_steps and len(steps) > len(global_steps)  # both kinds ran
+    loss, bpb, cap = run_phased(phased_args(), val, luts, tmp_path)
+    ids = val.to(torch.int64).numpy()
+    single = judge_single_pass(cap, ids)
+    assert single.passed, single.message
+    assert set(scores(cap, ids).position.tolist()) == set(range(1, len(ids)))
+    trained_at = {c.site.split()[-1] for c in cap.calls if c.grad}
+    assert {"lora_batch", "forward"} <= trained_at  # LoRA steps (scored chunks) and global SGD (the model's loss)
     assert 0 < bpb < 20 and loss > 0
 
 
-def test_global_sgd_on_an_unscored_document_is_caught(tiny_val, monkeypatch, tmp_path):
-    """The broken fixture: each global phase also trains on the last document, not yet scored."""
+def test_global_sgd_on_an_unscored_document_is_caught(tiny_val, tmp_path, monkeypatch):
+    """The broken fixture: each global phase also trains on the last document, not yet scored (first, so that it
+    lies in a chunk the phase trains on: a phase skips its last chunk)."""
     val, luts = tiny_val
     docs = P.document_spans(val)
     real = P.global_sgd
 
     def leaky(args, model, scored, *rest, **kw):
-        return real(args, model, scored + [docs[-1]], *rest, **kw)
+        return real(args, model, [docs[-1]] + scored, *rest, **kw)
 
     monkeypatch.setattr(P, "global_sgd", leaky)
-    _, _, ledger = run_phased(phased_args(), val, luts, monkeypatch, tmp_path)
-    problems = check_ledgers([ledger], num_tokens=val.numel())
-    assert [p.kind for p in problems] == ["unscored-read"] and problems[0].run == "ttt_phased"
+    _, _, cap = run_phased(phased_args(), val, luts, tmp_path)
+    single = judge_single_pass(cap, val.to(torch.int64).numpy())
     lo, hi = docs[-1]
-    assert lo <= problems[0].position <= hi
+    assert single.status == "fail" and single.first.kind == "not-first-score", single.message
+    assert lo < single.first.position <= hi and "with gradient" in single.first.message
+    assert "lora_batch" in single.first.message  # where it was really scored, after the training step
 
 
-def test_stream_order_is_causal(tiny_val, monkeypatch, tmp_path):
-    """Changing the tokens after P leaves every score up to P bit-identical (C1), global phases included."""
+def test_stream_order_is_causal(tiny_val, tmp_path):
+    """Changing the tokens from P on leaves every score before P bit-identical (C1), global phases included;
+    the records' length order scores short early documents after phases that trained on later text, which
+    is legal once that text is scored."""
     val, luts = tiny_val
     docs = P.document_spans(val)
-    position = docs[7][0]  # after two global phases' documents
+    position = docs[7][0] + 1  # after two global phases' documents
     changed = val.to(torch.int64)
-    tail = changed[position + 1 :]
-    changed[position + 1 :] = torch.where(tail > 3, (tail - 4 + 97) % 1020 + 4, tail)
+    tail = changed[position:]
+    changed[position:] = torch.where(tail > 3, (tail - 4 + 97) % (VOCAB - 4) + 4, tail)
+    ta, tb = val.to(torch.int64).numpy(), changed.numpy()
     changed = changed.to(val.dtype)
-    args = phased_args()
-    _, _, a = run_phased(args, val, luts, monkeypatch, tmp_path / "a")
-    _, _, b = run_phased(args, changed, luts, monkeypatch, tmp_path / "b")
-    assert compare_nll([a], [b], position) == []
-    # The records' length order scores short early documents after phases that saw later text.
-    args = phased_args(phased_ttt_order="length")
-    _, _, a = run_phased(args, val, luts, monkeypatch, tmp_path / "la")
-    _, _, b = run_phased(args, changed, luts, monkeypatch, tmp_path / "lb")
-    assert compare_nll([a], [b], position)
+    for order, moved in (("stream", False), ("length", True)):
+        args = phased_args(phased_ttt_order=order)
+        a = run_phased(args, val, luts, tmp_path / f"{order}_a")[2]
+        b = run_phased(args, changed, luts, tmp_path / f"{order}_b")[2]
+        causal = judge_causality(a, b, ta, tb, position)
+        assert causal.passed, (order, causal.message)
+        sa, sb = scores(a, ta), scores(b, tb)
+        early = {p: v for p, v in zip(sa.position.tolist(), sa.nll.tolist()) if p < position}
+        later = {p: v for p, v in zip(sb.position.tolist(), sb.nll.tolist()) if p < position}
+        assert (early != later) == moved, order
 
 
 def test_batches_and_adapter_reset():

@@ -76,7 +76,8 @@ def baseline(tmp_path) -> Path:
 
 
 def test_smoke_rerun_of_a_golf_pack_folder_adds_its_features_settings(tmp_path, monkeypatch):
-    """golf-verify --rerun --smoke takes a golf-pack folder's own small settings from its manifest."""
+    """golf-verify --rerun --smoke takes a golf-pack folder's own small settings from its manifest, in place
+    of the harness's profiles (which would shrink the vocabulary the data was built at)."""
     import verifier.rerun as rerun
 
     folder = tmp_path / "lora"
@@ -85,7 +86,8 @@ def test_smoke_rerun_of_a_golf_pack_folder_adds_its_features_settings(tmp_path, 
     seen = {}
 
     def fake_child_env(base, **kw):
-        seen.update(kw["extra"])
+        assert kw["plan"].profiles == ["golf-pack smoke_env"] and "VOCAB_SIZE" not in kw["plan"].env
+        seen.update(kw["plan"].env, **kw["extra"])
         raise KeyboardInterrupt  # stop before anything runs
 
     monkeypatch.setattr(rerun, "_child_env", fake_child_env)
@@ -106,7 +108,7 @@ def test_seeds_take_several_values():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--smoke"], "--smoke only with --rerun"),
+    (["--smoke", "--probe"], "at most one of"),
     (["--seeds", "1"], "--seeds only with --rerun"),
     (["--timeout", "5"], "--timeout only with --rerun or --probe"),
     (["--rerun", "--ci"], "at most one of"),
@@ -316,7 +318,7 @@ def test_smoke_rerun_of_two_seeds_then_collected_and_reproduced(tmp_path, tiny_d
 def _check_smoke_rerun(folder: Path) -> Path:
     before = digest(folder)
     static_before = json.loads(invoke([folder, "--format", "json"]).stdout)
-    result = invoke([folder, "--rerun", "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])
+    result = invoke([folder, "--smoke", "--seeds", "1", "2", "--nproc", "2", "--format", "json"])  # --smoke: a rerun
     assert result.exit_code == 0, result.output[-4000:]
     progress = result.stderr
     assert "seed 1/2" in progress and "seed 2/2" in progress
@@ -349,7 +351,7 @@ def _check_smoke_rerun(folder: Path) -> Path:
     assert _clean(data) == report["summary"]["rerun"]  # the JSON report rounds floats to 10 digits
     assert data["mode"] == "smoke" and data["nproc"] == 2 and data["folder_unchanged"] is True
     assert data["verify_dir"] == rel and data["static"]["verdict"] == "pass"
-    assert data["env_overrides"] == dict(SMOKE_OVERRIDES, **golf_pack_smoke_env(folder))
+    assert data["env_overrides"] == golf_pack_smoke_env(folder)  # a golf-pack folder: its manifest's settings
     for entry, seed in zip(data["seeds"], (1, 2)):
         assert entry["seed"] == seed and entry["status"] == "ok" and entry["phase"] == "done"
         assert entry["comparison"] == "not compared (smoke)" and entry["log"] == f"{rel}/train_seed{seed}.log"

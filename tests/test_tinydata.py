@@ -11,11 +11,11 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from packager import tinydata
+from verifier import tinydata
 from packager.runtime import data
 from packager.runtime.bpb import build_sentencepiece_luts, count_bytes
 from packager.runtime.data import DistributedTokenLoader, load_data_shard, load_validation_tokens
-from packager.tinydata import TinyDataError, build_tiny_dataset
+from verifier.tinydata import TinyDataError, build_tiny_dataset
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -109,8 +109,9 @@ def _emit(reports: list[Report], fmt: str, color) -> None:
               help="Run train_gpt.py again per seed (torchrun, in a temporary copy, offline, with a timeout), save "
                    "the logs under FOLDER/verify/<timestamp>/ and check them; executes the submission's code.")
 @click.option("--smoke", is_flag=True,
-              help="With --rerun: on CPU with the tiny dataset and a small model (SMOKE_OVERRIDES); scores are not "
-                   "compared with the claims.")
+              help="Rerun on CPU under golf-verify's harness (any record's script, unmodified) with a tiny dataset in "
+                   "the script's format and a small model (verifier/harness/profiles.json); implies --rerun; scores are "
+                   "not compared with the claims.")
 @click.option("--seeds", type=int, multiple=True,
               help="With --rerun: seeds to run (`--seeds 1 2` or `--seeds 1,2`); default: the seeds the folder claims.")
 @click.option("--nproc", type=int, default=None,
@@ -120,15 +121,16 @@ def _emit(reports: list[Report], fmt: str, color) -> None:
 @click.option("--tokenizer-path", type=click.Path(), default=None,
               help="With --rerun/--probe: SentencePiece model (TOKENIZER_PATH).")
 @click.option("--timeout", type=float, default=None,
-              help="With --rerun/--probe: hard limit in seconds per seed (default 1500; 300 with --smoke).")
+              help="With --rerun/--probe: hard limit in seconds per seed or probe run (default 1500; 300 with --smoke "
+                   "or --probe).")
 @click.option("--tolerance", type=float, default=None,
               help="With --rerun: largest |reproduced - claimed| val_bpb that counts as reproduced (default 0.002).")
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE",
               help="With --rerun: extra environment for the run (recorded in rerun.json), e.g. --env TORCH_COMPILE=0.")
 @click.option("--probe", is_flag=True,
-              help="Legality probes (causality, scoring ledger, normalization, validation isolation): run "
-                   "train_gpt.py three or four times on CPU with the tiny dataset, in a temporary copy, offline "
-                   "(about a minute on two cores; executes the submission's code).")
+              help="Run FOLDER's script three times on CPU under golf-verify's harness (copies, offline, time-limited) "
+                   "and judge its evaluation from outside: causality, single pass, normalization, isolation (a minute "
+                   "or two on two cores; executes the submission's code).")
 @click.option("--ci", is_flag=True,
               help="Verify every record folder under the FOLDERS given (every direct child of records/track_*/, "
                    "whatever it holds); GitHub annotations; exit 1 on any error; pending folders are reported as "
@@ -146,10 +148,11 @@ def main(ctx, folders, against, sota_loss, sota_bpb, policy, profile, fmt, scrip
     given = [x for x in (against, sota_loss, sota_bpb) if x is not None]
     if len(given) > 1:
         raise click.UsageError("give at most one of --against, --sota-loss, --sota-bpb")
+    rerun = rerun or smoke  # --smoke alone is a smoke rerun
     modes = [name for name, on in (("--rerun", rerun), ("--probe", probe), ("--ci", ci)) if on]
     if len(modes) > 1:
         raise click.UsageError(f"give at most one of {', '.join(modes)}")
-    rerun_only = [name for name, on in (("--smoke", smoke), ("--seeds", seeds), ("--tolerance", tolerance is not None),
+    rerun_only = [name for name, on in (("--seeds", seeds), ("--tolerance", tolerance is not None),
                                         ("--env", env_items)) if on]
     if rerun_only and not rerun:
         raise click.UsageError(f"{', '.join(rerun_only)} only with --rerun")

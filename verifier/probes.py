@@ -1,120 +1,80 @@
-"""Legality probes (`golf-verify --probe`): run a record's script on CPU with a tiny dataset and
-check test-time training against the README rule and thread #1017 (C1 causal, C2 normalized,
-C3 score before update, C4 single pass), and that validation data never reaches training.
+"""Legality probes (`golf-verify --probe`): run any record's script on CPU under the harness
+(verifier/harness) and judge its evaluation from outside, against the README rule and thread
+#1017 (C1 causal, C2 normalized, C3 score before update, C4 single pass).
 
-Public API:
-    run_probes(folder, *, nproc=1, data_path=None, tokenizer_path=None, timeout=300, workdir=None,
-               position=None) -> ProbeResult
-    check_ledgers(ledgers, num_tokens=None) -> list[Problem]        (C3, C4 on probe ledgers)
-    compare_nll(a, b, position) -> list[Problem]                     (C1, C3: NLL up to P bit-identical)
-    check_normalization(ledgers, tolerance=1e-4) -> list[Problem]    (C2)
-    SMOKE_OVERRIDES                                                  (environment of every probe run)
+How a folder is probed. Its script runs unmodified, in copies of the folder, in subprocesses with
+a time limit, offline, three times with the same training data, seed and small settings, on random
+validation tokens of its own vocabulary (documents start with BOS):
+    A  the validation split;
+    B  identical to A before a position P (60% of the targets, inside a TTT chunk), every
+       non-BOS token from P on replaced;
+    C  half as long, every token different.
+Every score the script computes through F.cross_entropy, F.nll_loss or a log_softmax gather is
+captured with its target, NLL and a fingerprint of its distribution, and placed at a validation
+position by its row's window (verifier.harness.capture). Then
+    probe.causality      the score of every position before P (its first captured computation) is
+                         bit-identical in A and B if it was computed before any token from P on was
+                         scored, and so is the distribution predicting P itself (its target changed,
+                         its context did not): the first position that differs and the call are named;
+    probe.single-pass    every printed val_loss equals the mean over its tokens of each token's first
+                         captured score (the score a token gets before any update that saw it, once);
+    probe.normalization  every captured score comes from a distribution over the whole vocabulary
+                         that sums to 1 (log-prob rows are checked, logits through cross_entropy are
+                         normalized by it);
+    probe.isolation      the exported model files are byte-identical in A, B and C.
+Each probe ends in pass, fail (with evidence) or `not checked: <reason>`; a probe that did not run
+is never a pass, and golf-verify reports it as an error.
 
-How a folder is probed. The folder is copied (never modified; only its copies run, each in a
-subprocess with a time limit, no GPU, hub libraries offline and proxies unset), and the script is
-run three times with identical training data, seed and overrides, differing only in validation
-data:
-    A  the validation split as given;
-    B  identical to A up to position P, every non-special token after P changed (same length);
-    C  short, and every non-special token different from A.
-A rendered script writes, when GOLF_PROBE_DIR is set, a ledger per rank: each scoring (token
-positions and NLLs), each TTT optimizer step (which tokens its loss read) and full log-prob
-vectors at sampled positions (packager/runtime/evaluate.py `Ledger`). Then
-    probe.causality      per-token NLL of positions 1..P of every ledgered eval path: A == B, bitwise;
-    probe.ledger         (A) every token a step reads was scored earlier in the same eval path, by
-                         any rank; every token is scored exactly once per eval path;
-    probe.normalization  (A) every sampled distribution sums to 1 within 1e-4;
-    probe.isolation      the exported artifact (final_model.*) is byte-identical in A, B and C.
-Nothing here imports torch: ledgers are JSON, shards are read and written with the stdlib.
+Public API: run_probes(folder, ...) -> ProbeResult; PROBE_IDS; judge_causality, judge_single_pass,
+judge_normalization (pure functions of captures, for tests).
 """
 
 from __future__ import annotations
 
-import array
-import glob
-import hashlib
-import json
 import math
 import os
-import re
-import shutil
-import signal
-import struct
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
-__all__ = [
-    "SMOKE_OVERRIDES", "PROBE_IDS", "NORMALIZATION_TOLERANCE", "Problem", "ProbeOutcome", "VariantRun",
-    "ProbeResult", "run_probes", "check_ledgers", "compare_nll", "check_normalization", "scored_nll",
-    "choose_position", "change_after", "change_all", "read_shard", "write_shard", "load_ledgers",
-]
+import numpy as np
 
-PROBE_IDS = ("probe.causality", "probe.ledger", "probe.normalization", "probe.isolation")
+from verifier.harness import data as hdata
+from verifier.harness.capture import Capture, Scores, load_capture, scores
+from verifier.harness.run import RecordRun, run_record
+from verifier.harness.script import Plan, plan_folder
+
+__all__ = ["PROBE_IDS", "NORMALIZATION_TOLERANCE", "Problem", "ProbeOutcome", "ProbeResult", "run_probes",
+           "judge_causality", "judge_single_pass", "judge_normalization", "choose_position", "NOT_CHECKED"]
+
+PROBE_IDS = ("probe.causality", "probe.single-pass", "probe.normalization", "probe.isolation")
+NOT_CHECKED = "not checked"
 NORMALIZATION_TOLERANCE = 1e-4
 POSITION_FRACTION = 0.6
-SHORT_VAL_TOKENS = 4096  # validation tokens of variant C (plus one), about one TTT chunk
-SPECIAL_TOKENS = 4  # pad 0, bos 1, eos 2, unk 3 are never changed: documents keep their boundaries
+FULL_COVERAGE = 0.99  # a figure whose scores are not all captured is not judged on its mean
+_CHUNK_KNOBS = ("TTT_CHUNK_TOKENS", "GLOBAL_TTT_CHUNK_TOKENS", "TTT_CHUNK_SIZE", "TTT_CHUNK_LEN")
 
-# The environment of every probe run: the CPU smoke settings of tests/test_e2e.py (SMOKE_ENV) and
-# tests/test_recipes.py (SMOKE), so a run takes seconds. Training is fixed-step (no wallclock cap)
-# and validates only at the end, so two runs with the same training data train identically.
-# TTT_CHUNK_LEN stays within the 128-token evaluation window (a longer LoRA chunk scores only its
-# last window's tokens in this runtime).
-SMOKE_OVERRIDES = {
-    "ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "128", "TRAIN_BATCH_TOKENS": "2048", "VAL_BATCH_SIZE": "16384",
-    "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "3", "WARMDOWN_ITERS": "10", "MAX_WALLCLOCK_SECONDS": "0",
-    "MATRIX_LR": "0.02",
-    "EVAL_SEQ_LEN": "128", "EVAL_STRIDE": "64", "TTT_CHUNK_TOKENS": "4096", "TTT_EPOCHS": "1",
-    "TTT_P1_EPOCHS": "1", "TTT_P2_EPOCHS": "1", "TTT_BATCH_DOCS": "16", "TTT_P2_UNFREEZE_LAST": "1",
-    "TTT_CHUNK_LEN": "64", "XSA_LAST_N": "1", "VE_LAYERS": "1", "BIGRAM_VOCAB_SIZE": "512", "BIGRAM_DIM": "32",
-    "VE_DIM": "32", "ROPE_DIMS": "8",
-    "GOLF_PROBE_SAMPLES": "8",
-}
-
-# Only these variables of the caller's environment reach a probe run: a stray ITERATIONS or
-# NUM_LAYERS in the caller's shell must not change what is probed, and proxies must not be set.
-_ENV_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TMP", "TEMP", "PYTHONPATH",
-             "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "SYSTEMROOT", "TZ")
-_ENV_FORCE = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-    "TORCH_COMPILE": "0",
-}
-_COPY_IGNORE = ("*.log", "final_model*", "__pycache__", ".git", "verify")
-
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-SHARD_HEADER_INTS = 256
-
-
-# ---------------------------------------------------------------- results
 
 @dataclass
 class Problem:
-    """One violation found in probe ledgers; `position` indexes val_tokens (the predicted token)."""
+    """One violation; `position` indexes the validation tokens (the predicted token)."""
 
     kind: str
     message: str
-    run: str | None = None
     position: int | None = None
-    step: int | None = None
-    rank: int | None = None
+    site: str | None = None  # file:line function of the call that computed it
+    figure: str | None = None  # the printed line the call fed
     count: int | None = None
 
     def evidence(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "message"}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "message"}
 
 
 @dataclass
 class ProbeOutcome:
-    """status: pass, fail (a violation), error (the probe could not decide) or skipped."""
+    """status: "pass", "fail" or "not checked"."""
 
     id: str
     status: str
@@ -132,25 +92,6 @@ class ProbeOutcome:
 
 
 @dataclass
-class VariantRun:
-    """One run of the script (variant A, B, C or a repeat of A)."""
-
-    name: str
-    returncode: int | None
-    seconds: float
-    timed_out: bool = False
-    artifacts: dict[str, str] = field(default_factory=dict)  # file name -> sha256
-    ledgers: list[dict] = field(default_factory=list)
-    ledger_errors: list[str] = field(default_factory=list)
-    result: dict | None = None  # the golf_result_json line
-    tail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-
-@dataclass
 class ProbeResult:
     folder: str
     nproc: int
@@ -158,8 +99,8 @@ class ProbeResult:
     num_tokens: int | None
     seconds: float
     probes: dict[str, ProbeOutcome]
-    runs: dict[str, VariantRun] = field(default_factory=dict)
-    data: str = ""  # "tiny" (built for the probe) or "given"
+    runs: dict[str, RecordRun] = field(default_factory=dict)
+    plan: Plan | None = None
 
     @property
     def passed(self) -> bool:
@@ -169,32 +110,42 @@ class ProbeResult:
     def failed(self) -> list[str]:
         return [i for i, p in self.probes.items() if p.status == "fail"]
 
+    @property
+    def ran(self) -> bool:
+        """The script ran to the end in every variant (whatever the probes then found)."""
+        return bool(self.runs) and all(r.ok for r in self.runs.values())
+
+    @property
+    def judged(self) -> bool:
+        """Every probe reached a verdict (pass or fail)."""
+        return all(p.status in ("pass", "fail") for p in self.probes.values())
+
     def to_dict(self) -> dict:
+        plan = self.plan
         return {
             "folder": self.folder, "nproc": self.nproc, "position": self.position, "num_tokens": self.num_tokens,
-            "seconds": round(self.seconds, 3), "data": self.data,
+            "seconds": round(self.seconds, 3),
+            "script": None if plan is None else {"entry": plan.entry, "vocab": plan.vocab, "profiles": plan.profiles,
+                                                 "run_config": plan.run_config_source, "env": dict(plan.env)},
             "probes": {i: {"status": p.status, "message": p.message, "evidence": p.evidence,
                            "problems": [dict(q.evidence(), message=q.message) for q in p.problems]}
                        for i, p in self.probes.items()},
             "runs": {n: {"returncode": r.returncode, "seconds": round(r.seconds, 3), "timed_out": r.timed_out,
-                         "artifacts": r.artifacts, "ranks": len(r.ledgers)} for n, r in self.runs.items()},
+                         "artifacts": r.artifacts, "network": r.network, "failure": r.failure()}
+                     for n, r in self.runs.items()},
         }
 
     def emit(self, probe_id: str, emit, analysis=None) -> None:
         """Report one probe through a registry `Emit` (verifier.checks): a failure is an error finding per
-        problem (at most 10), a pass one info finding, a probe that could not run an error (strict
-        profile) or warning (legacy), a skipped probe a `skipped` entry of the analysis."""
+        problem (at most 10), a pass one info finding, a probe that was not checked one error finding
+        that says so (never a pass, whatever the profile)."""
         outcome = self.probes.get(probe_id)
         if outcome is None:
             return
-        if outcome.status == "skipped":
-            if analysis is not None:
-                analysis.skip(probe_id, outcome.message)
-            return
         if outcome.status == "pass":
             emit(outcome.message, severity="info", **outcome.evidence)
-        elif outcome.status == "error":
-            emit(outcome.message, severity="error" if emit.profile == "strict" else "warning", **outcome.evidence)
+        elif outcome.status == NOT_CHECKED:
+            emit(f"{NOT_CHECKED}: {outcome.message}", severity="error", status=NOT_CHECKED, **outcome.evidence)
         else:
             for problem in outcome.problems[:10]:
                 emit(problem.message, **dict(outcome.evidence, **problem.evidence()))
@@ -205,648 +156,461 @@ class ProbeResult:
         """(findings, skipped entries) of the four probes, as the registry's checks report them."""
         from verifier.checks import REGISTRY, Emit
 
-        class _Skips:
-            def __init__(self):
-                self.skipped: list[dict] = []
-
-            def skip(self, check: str, reason: str) -> None:
-                self.skipped.append({"check": check, "reason": reason})
-
-        skips, out = _Skips(), []
+        out = []
         for probe_id in PROBE_IDS:
             emit = Emit(REGISTRY[probe_id], profile)
-            self.emit(probe_id, emit, skips)
+            self.emit(probe_id, emit)
             out.extend(emit.findings)
-        return out, skips.skipped
+        return out, []
 
     def add_to(self, report) -> None:
-        """Append the probes' findings and skipped entries to a verifier Report (its verdict and exit
-        code then include them)."""
+        """Append the probes' findings to a verifier Report (its verdict and exit code then include them)."""
         findings, skipped = self.findings(report.profile)
         report.findings.extend(findings)
         report.skipped.extend(skipped)
 
 
-# ---------------------------------------------------------------- ledgers (pure functions)
-
-def _as_list(ledgers) -> list[dict]:
-    if isinstance(ledgers, dict):
-        return [ledgers]
-    return list(ledgers)
+def _not_checked(pid: str, why: str, **evidence) -> ProbeOutcome:
+    return ProbeOutcome(pid, NOT_CHECKED, why, dict(evidence))
 
 
-def _runs(ledgers: Iterable[dict]) -> dict[str, dict[int, dict]]:
-    """{run name: {rank: run}}; a name evaluated twice by one rank becomes 'name#2'."""
-    out: dict[str, dict[int, dict]] = {}
-    for i, led in enumerate(_as_list(ledgers)):
-        rank = led.get("rank", i) if isinstance(led, dict) else i
-        seen: dict[str, int] = {}
-        for run in (led.get("runs") or []) if isinstance(led, dict) else []:
-            name = str(run.get("name"))
-            seen[name] = seen.get(name, 0) + 1
-            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-            out.setdefault(key, {})[rank] = run
+def _outcome(pid: str, problems: list[Problem], evidence: dict, passed: str) -> ProbeOutcome:
+    if not problems:
+        return ProbeOutcome(pid, "pass", passed, evidence)
+    return ProbeOutcome(pid, "fail", problems[0].message, dict(evidence, **problems[0].evidence()), problems)
+
+
+# ---------------------------------------------------------------------------------- placed scores
+
+def _where(cap: Capture, call_index: int) -> dict:
+    call = cap.calls[call_index]
+    fig = cap.figures[call.figure].name if call.figure is not None else "after the last printed val_loss"
+    return {"site": call.site, "figure": fig, "grad": call.grad, "kind": call.kind}
+
+
+# ---------------------------------------------------------------------------------- causality
+
+def judge_causality(a: Capture, b: Capture, tokens_a: np.ndarray, tokens_b: np.ndarray, p: int) -> ProbeOutcome:
+    """The score of every position before p (its first captured computation per printed figure) is
+    bit-identical in A and B if it was computed before any token from p on was scored, and so is the
+    distribution predicting p. (A score computed after tokens from p on were scored may depend on them:
+    test-time training on scored tokens, in any order, is legal; re-scoring is the single-pass probe's.)"""
+    pid = "probe.causality"
+    sa, sb = scores(a, tokens_a), scores(b, tokens_b)
+    ta, tb = _first_scores(sa, a, p), _first_scores(sb, b, p)
+    if not ta:
+        return _not_checked(pid, "no captured score of a validation position before P: the script computes its "
+                                 "scores outside F.cross_entropy, F.nll_loss and log_softmax", changed_from=p)
+    found: dict[str, list[Problem]] = {}  # figure -> problems in position order (the first is reported)
+    for key in sorted(set(ta) | set(tb), key=lambda k: (k[1], k[0])):
+        problem = _compare_first(key[1], ta.get(key), tb.get(key), sa, sb, a, b, p)
+        if problem is not None:
+            found.setdefault(problem.figure, []).append(problem)
+    problems = []
+    for figure, items in found.items():
+        first = items[0]
+        first.count = len({q.position for q in items})
+        first.message += f"; {first.count} position(s) up to {p} differ in {figure}"
+        problems.append(first)
+    problems.sort(key=lambda q: (q.position, q.figure))
+    evidence = {"changed_from": p, "scores_compared": len(ta), "positions_compared": len({k[1] for k in ta})}
+    return _outcome(pid, problems, evidence,
+                    f"{evidence['scores_compared']} first score(s) of {evidence['positions_compared']} positions up to "
+                    f"P={p}, computed before any token from P on was scored, are bit-identical when the tokens from "
+                    "P on change (and so is the distribution predicting P)")
+
+
+def _first_scores(s: Scores, cap: Capture, p: int) -> dict:
+    """(figure, position) -> entry of the reported score of positions up to p that must not depend on the
+    tokens from p on: those computed no later than the first reported score of a position >= p in the same
+    figure. A token's reported score is its first captured computation, or else the one that makes the
+    printed figure (see _reported)."""
+    order = {c: k for k, c in enumerate(sorted(range(len(cap.calls)), key=lambda i: cap.calls[i].order))}
+    out: dict = {}
+    for f, calls in _figure_groups(cap):
+        chosen = _reported(cap, s, np.nonzero(np.isin(s.call, calls))[0], cap.figures[f])
+        if not len(chosen):
+            continue
+        when = np.array([order[int(c)] for c in s.call[chosen]])
+        late = s.position[chosen] >= p
+        taint = int(when[late].min()) if late.any() else 1 << 62
+        for j, w in zip(chosen.tolist(), when.tolist()):
+            if s.position[j] <= p and w <= taint:
+                out[(f, int(s.position[j]))] = j
     return out
 
 
-def _span(value) -> tuple[int, int] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                  for v in value):
-        return int(value[0]), int(value[1])
+def _candidates(cap: Capture, s: Scores, sel: np.ndarray) -> dict[str, np.ndarray]:
+    """Ways to pick one computation per token (entry indices, by position): the first; the first without
+    gradient (a script that scores under no_grad after training forwards); the last computation of the
+    first one's window (a re-score); the first at one call site that computes every token (a script that
+    scores with gradient, as LoRA TTT does, after a training step elsewhere read its tokens)."""
+    pos = s.position[sel]
+    _, first = np.unique(pos, return_index=True)  # sel is in computed order
+    grad = np.array([cap.calls[int(c)].grad for c in s.call[sel]], dtype=bool)
+    plain = np.nonzero(~grad)[0]
+    _, plain_first = np.unique(pos[plain], return_index=True)
+    by_pos = dict(zip(pos[first].tolist(), first.tolist()))
+    by_pos.update(dict(zip(pos[plain][plain_first].tolist(), plain[plain_first].tolist())))
+    no_grad = np.array([by_pos[q] for q in pos[first].tolist()])
+    key = pos * (int(pos.max()) + 2) + s.window[sel]
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    last_of_key = dict(zip(key[::-1][last_rev].tolist(), (len(key) - 1 - last_rev).tolist()))
+    last = np.array([last_of_key[k] for k in key[first].tolist()])
+    out = {"first": sel[first], "first computation without gradient": sel[no_grad],
+           "last computation in its first window": sel[last]}
+    return {**out, **_site_candidates(cap, s, sel, len(first))}
+
+
+def _site_candidates(cap: Capture, s: Scores, sel: np.ndarray, tokens: int) -> dict[str, np.ndarray]:
+    """{"first computation at SITE": entries}: per call site that computes each of the tokens, the first."""
+    site_ids: dict[str, int] = {}
+    of_call = np.array([site_ids.setdefault(c.site, len(site_ids)) for c in cap.calls], dtype=np.int64)
+    sites, pos, out = of_call[s.call[sel]], s.position[sel], {}
+    for site, k in site_ids.items():
+        at = np.nonzero(sites == k)[0]
+        _, first = np.unique(pos[at], return_index=True)
+        if len(first) == tokens and len(site_ids) > 1:
+            out[f"first computation at {site}"] = sel[at[first]]
+    return out
+
+
+def _reported(cap: Capture, s: Scores, sel: np.ndarray, fig) -> np.ndarray:
+    """The candidate whose mean is the printed figure (the first one when none is)."""
+    if not len(sel):
+        return sel
+    options = _candidates(cap, s, sel)
+    for chosen in options.values():
+        if abs(float(s.nll[chosen].astype(np.float64).mean()) - fig.val_loss) <= _tolerance(fig):
+            return chosen
+    return options["first"]
+
+
+def _compare_first(pos: int, ja: int | None, jb: int | None, sa: Scores, sb: Scores, a: Capture, b: Capture,
+                   p: int) -> Problem | None:
+    """The difference between the first computations of one position in A and in B, if any."""
+    if ja is None or jb is None or sa.window[ja] != sb.window[jb]:
+        w = _where(a, int(sa.call[ja])) if ja is not None else _where(b, int(sb.call[jb]))
+        return Problem("computed-differently", f"{w['figure']}: position {pos} is first scored "
+                       f"{'in A only' if jb is None else 'in B only' if ja is None else 'by different windows'}, "
+                       f"though the tokens differ only from position {p} on (computed at {w['site']}): C1, a score "
+                       "may depend only on earlier tokens", pos, w["site"], w["figure"])
+    same_fp = sa.fp[ja].tobytes() == sb.fp[jb].tobytes()
+    w = _where(a, int(sa.call[ja]))
+    if pos < p and not (same_fp and sa.nll[ja].tobytes() == sb.nll[jb].tobytes()):
+        return Problem("score-differs", f"{w['figure']}: the score of position {pos} changed ({float(sa.nll[ja]):.6f} "
+                       f"-> {float(sb.nll[jb]):.6f}) when only tokens from position {p} on changed, none of them scored "
+                       f"yet; computed at {w['site']} ({w['kind']}): C1, the distribution at a position may depend only "
+                       "on earlier tokens (and on tokens already scored)", pos, w["site"], w["figure"])
+    if pos == p and not same_fp:
+        return Problem("distribution-differs", f"{w['figure']}: the distribution predicting position {p} changed when "
+                       f"only the token at {p} (and later ones) changed, not its context: the score reads its own "
+                       f"target (computed at {w['site']}); C1, a target-keyed cache or bias", pos, w["site"],
+                       w["figure"])
     return None
 
 
-def scored_nll(ledgers) -> dict[str, dict[int, float]]:
-    """{run name: {position: NLL}} over all ranks (the first score of a position wins)."""
-    out: dict[str, dict[int, float]] = {}
-    for name, by_rank in _runs(ledgers).items():
-        nll = out.setdefault(name, {})
-        for rank in sorted(by_rank):
-            for event in by_rank[rank].get("events") or []:
-                span = _span(event.get("score")) if isinstance(event, dict) else None
-                if span is None:
-                    continue
-                for t, v in zip(range(*span), event.get("nll") or []):
-                    nll.setdefault(t, float(v))
-    return out
+# ---------------------------------------------------------------------------------- single pass
+
+def _figure_groups(cap: Capture) -> list[tuple[int, list[int]]]:
+    """(figure index, its calls) with restatements folded: a figure line without calls of its own (the
+    `_exact` twin of the line before it) takes the previous group's calls; the most precise line wins."""
+    calls_of: dict[int, list[int]] = {}
+    for i, call in enumerate(cap.calls):
+        if call.figure is not None:
+            calls_of.setdefault(call.figure, []).append(i)
+    groups: list[tuple[int, list[int]]] = []
+    for f in range(len(cap.figures)):
+        if f in calls_of:
+            groups.append((f, calls_of[f]))
+        elif groups and cap.figures[f].decimals > cap.figures[groups[-1][0]].decimals:
+            groups[-1] = (f, groups[-1][1])
+    return groups
 
 
-def _first_ranges(positions: list[int]) -> str:
-    if not positions:
-        return ""
-    out, start, prev = [], positions[0], positions[0]
-    for p in positions[1:] + [None]:
-        if p is not None and p == prev + 1:
-            prev = p
+def _tolerance(fig) -> float:
+    """Half a unit of the printed figure's last digit, plus float32 summation error (a script may average
+    its scores in float32 batches; we average the captured float32 scores in float64)."""
+    return 0.5 * 10.0 ** -fig.decimals + 1e-6 * max(1.0, abs(fig.val_loss))
+
+
+def judge_single_pass(cap: Capture, tokens: np.ndarray) -> ProbeOutcome:
+    """Each printed val_loss is the mean of one score per token: the first one captured."""
+    pid = "probe.single-pass"
+    s = scores(cap, tokens)
+    problems, seen, undecided = [], [], []
+    for f, calls in _figure_groups(cap):
+        sel = np.nonzero(np.isin(s.call, calls))[0]
+        if not len(sel):
             continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if len(out) == 3 or p is None:
-            break
-        start = prev = p
-    return ", ".join(out)
+        verdict, count = _judge_figure(cap, s, sel, cap.figures[f], len(tokens) - 1)
+        seen.append(f"{cap.figures[f].name} ({count} tokens)")
+        if isinstance(verdict, Problem):
+            problems.append(verdict)
+        elif verdict:
+            undecided.append(verdict)
+    if not seen:
+        return _not_checked(pid, "no printed val_loss is fed by captured scores of validation positions")
+    evidence = {"figures": seen}
+    if undecided and not problems:
+        return _not_checked(pid, "a printed val_loss differs from the mean of the captured scores, which cover only "
+                                 f"part of the validation tokens: {'; '.join(undecided)}", **evidence)
+    return _outcome(pid, problems, evidence,
+                    f"each printed val_loss is the mean of one score per token, the first captured: "
+                    f"{', '.join(seen)}")
 
 
-def check_ledgers(ledgers, num_tokens: int | None = None) -> list[Problem]:
-    """C3 + C4 on the ledgers of all ranks: per eval path (run name), every token a TTT step reads
-    inside its scope was scored before the step (token 0, context only, is exempt), and every token
-    1..num_tokens-1 is scored exactly once. "Before" across ranks: a rank's scores listed before its
-    own step k happened before every rank's step k (steps all-reduce gradients, so they are numbered
-    alike on all ranks); per-document steps (LoRA) name their scope and read their own rank's scores.
-    num_tokens (len(val_tokens)) defaults to the largest scored end, so a missing tail goes unseen."""
-    problems: list[Problem] = []
-    runs = _runs(ledgers)
-    for led in _as_list(ledgers):
-        if not isinstance(led, dict) or not isinstance(led.get("runs", []), list):
-            problems.append(Problem("malformed", "a ledger is not an object with a list of runs"))
-    if num_tokens is None:
-        ends = [s[1] for by_rank in runs.values() for run in by_rank.values() for e in run.get("events") or []
-                if isinstance(e, dict) and (s := _span(e.get("score")))]
-        num_tokens = max(ends, default=1)
-    for name in sorted(runs):
-        problems += _check_run(name, runs[name], num_tokens)
-    return problems
+def _judge_figure(cap: Capture, s: Scores, sel: np.ndarray, fig, targets: int) -> tuple[Problem | str | None, int]:
+    """(None if the figure is the mean of its tokens' first scores, else a Problem, or a reason it cannot be
+    judged; the number of tokens)."""
+    pos, nll = s.position[sel], s.nll[sel].astype(np.float64)
+    _, first = np.unique(pos, return_index=True)  # sel is in computed order: the first occurrence
+    mean_first, tol = float(nll[first].mean()), _tolerance(fig)
+    if abs(mean_first - fig.val_loss) <= tol:
+        return None, len(first)
+    head = f"{fig.name} reports val_loss {fig.val_loss} but the first captured score of each of its {len(first)} " \
+           f"tokens averages {mean_first:.8f}"
+    # What the figure is, if not that: a later computation of each token (explains it), windows counting
+    # tokens twice (explains it), else the first tokens first computed by a training step (evidence only).
+    for diagnose, explains in ((_rescored, True), (_window_tails, True), (_rescored, False)):
+        problem = diagnose(cap, s, sel, first, fig, tol, head, explains)
+        if problem is not None:
+            return problem, len(first)
+    if len(first) < FULL_COVERAGE * targets:
+        return (f"{fig.name} (val_loss {fig.val_loss}; captured scores of {len(first)} of {targets} tokens average "
+                f"{mean_first:.8f})"), len(first)
+    return Problem("figure-not-from-scores", f"{head}: the figure is not the mean of the distributions the script "
+                   "computed (a term outside F.cross_entropy/F.nll_loss entered it, or tokens are counted differently)",
+                   None, None, fig.name), len(first)
 
 
-def _check_run(name: str, by_rank: dict[int, dict], num_tokens: int) -> list[Problem]:
-    problems: list[Problem] = []
-    scorers: dict[int, list[tuple[int, int]]] = {}  # position -> [(rank, event index)]
-    step_at: dict[int, dict[int, int]] = {}  # rank -> {step number: event index}
-    outside: list[int] = []
-    for rank, run in sorted(by_rank.items()):
-        step_at[rank] = {}
-        for e, event in enumerate(run.get("events") or []):
-            if not isinstance(event, dict):
-                problems.append(Problem("malformed", f"{name}: rank {rank} event {e} is not an object", run=name,
-                                        rank=rank))
-                continue
-            if "score" in event:
-                span = _span(event["score"])
-                nll = event.get("nll")
-                if span is None or not isinstance(nll, list) or len(nll) != span[1] - span[0]:
-                    problems.append(Problem("malformed", f"{name}: rank {rank} score event {e} has no [first, end] "
-                                            "span with one NLL per token", run=name, rank=rank))
-                    continue
-                for t in range(*span):
-                    if 1 <= t < num_tokens:
-                        scorers.setdefault(t, []).append((rank, e))
-                    else:
-                        outside.append(t)
-            elif "step" in event:
-                step_at[rank][event["step"]] = e
-    if outside:
-        problems.append(Problem("out-of-range", f"{name}: positions outside 1..{num_tokens - 1} were scored "
-                                f"({_first_ranges(sorted(set(outside)))}); token 0 is context only",
-                                run=name, position=min(outside), count=len(set(outside))))
-    twice = sorted(t for t, s in scorers.items() if len(s) > 1)
-    if twice:
-        t = twice[0]
-        problems.append(Problem("scored-twice", f"{name}: {len(twice)} token(s) scored more than once, first at "
-                                f"position {t} ({len(scorers[t])} times, ranks "
-                                f"{sorted({r for r, _ in scorers[t]})}); C4: each token is scored once",
-                                run=name, position=t, count=len(twice)))
-    missing = [t for t in range(1, num_tokens) if t not in scorers]
-    if missing:
-        problems.append(Problem("not-scored", f"{name}: {len(missing)} of {num_tokens - 1} token(s) never scored "
-                                f"({_first_ranges(missing)}); every validation token must be scored once",
-                                run=name, position=missing[0], count=len(missing)))
-    bad_steps: list[Problem] = []
-    for rank, run in sorted(by_rank.items()):
-        for e, event in enumerate(run.get("events") or []):
-            if not isinstance(event, dict) or "step" not in event:
-                continue
-            k = event["step"]
-            spans = event.get("tokens") or []
-            scopes = event.get("scope") or [None] * len(spans)
-            if not isinstance(spans, list) or not isinstance(scopes, list) or len(scopes) != len(spans):
-                problems.append(Problem("malformed", f"{name}: step {k} (rank {rank}) has tokens and scope of "
-                                        "different lengths", run=name, step=k, rank=rank))
-                continue
-            unscored: list[int] = []
-            for raw, scope in zip(spans, scopes):
-                span = _span(raw)
-                if span is None:
-                    problems.append(Problem("malformed", f"{name}: step {k} (rank {rank}) reads a span that is "
-                                            "not [lo, hi)", run=name, step=k, rank=rank))
-                    continue
-                lo, hi = span
-                if scope is not None:
-                    sc = _span(scope)
-                    if sc is None:
-                        problems.append(Problem("malformed", f"{name}: step {k} (rank {rank}) has a scope that "
-                                                "is not [a, b)", run=name, step=k, rank=rank))
-                        continue
-                    lo, hi = max(lo, sc[0]), min(hi, sc[1])
-                for t in range(max(lo, 1), hi):
-                    if not any(_before(r2, e2, rank, e, k, step_at) for r2, e2 in scorers.get(t, ())):
-                        unscored.append(t)
-            if unscored:
-                unscored = sorted(set(unscored))
-                bad_steps.append(Problem(
-                    "unscored-read", f"{name}: TTT step {k} (rank {rank}) trains on {len(unscored)} token(s) not "
-                    f"scored before it ({_first_ranges(unscored)}); C3: score every token before any update "
-                    "that sees it", run=name, position=unscored[0], step=k, rank=rank, count=len(unscored)))
-    if bad_steps:
-        first = bad_steps[0]
-        if len(bad_steps) > 1:
-            first.message += f"; {len(bad_steps)} step(s) read unscored tokens in all"
-        problems.append(first)
-    return problems
+def _rescored(cap: Capture, s: Scores, sel, first, fig, tol, head, explains: bool) -> Problem | None:
+    """explains: the figure is the mean of a later computation of each token (a score after an update: a
+    re-score, or scoring after training forwards); name the first token whose counted score is not its
+    first. Else: the first token first computed by a training step, if any (evidence, not an explanation)."""
+    options = _candidates(cap, s, sel)
+    firsts = options["first"]
+    if explains:
+        name, chosen = next(((n, c) for n, c in options.items() if n != "first" and
+                             abs(float(s.nll[c].astype(np.float64).mean()) - fig.val_loss) <= tol), (None, None))
+        if chosen is None:
+            return None
+        changed = np.nonzero(s.nll[firsts] != s.nll[chosen])[0]
+        how = f"; it is the mean of each token's {name}: scored after an update"
+    else:
+        chosen = firsts
+        changed = np.nonzero(np.array([cap.calls[int(c)].grad for c in s.call[firsts]], dtype=bool))[0]
+        how = ""
+    if not len(changed):
+        return None
+    j1, j2 = int(firsts[changed[0]]), int(chosen[changed[0]])
+    q = int(s.position[j1])
+    w1, w2 = _where(cap, int(s.call[j1])), _where(cap, int(s.call[j2]))
+    later = f" and later {float(s.nll[j2]):.6f} at {w2['site']}" if explains else ""
+    return Problem("not-first-score", f"{head}{how}; position {q} was first scored {float(s.nll[j1]):.6f} at "
+                   f"{w1['site']}{' (with gradient: a training step)' if w1['grad'] else ''}{later}: C3/C4, a "
+                   "token's score is fixed before any update that saw it, and counted once", q, w1["site"],
+                   fig.name, len(changed))
 
 
-def _before(score_rank: int, score_event: int, rank: int, event: int, step: int, step_at: dict) -> bool:
-    if score_rank == rank:
-        return score_event < event
-    other = step_at.get(score_rank, {}).get(step)
-    return other is not None and score_event < other
+def _window_tails(cap: Capture, s: Scores, sel, first, fig, tol, head, explains: bool = True) -> Problem | None:
+    """Sliding windows that count each window's last `stride` targets (all of the first window's): a short
+    last window counts again tokens that the window before it counted."""
+    windows: dict[int, dict[int, float]] = {}
+    for p, w, v in zip(s.position[sel].tolist(), s.window[sel].tolist(), s.nll[sel].tolist()):
+        windows.setdefault(w, {}).setdefault(p, v)
+    starts = sorted(windows)
+    steps = np.diff(starts)
+    if len(starts) < 3 or not len(steps):
+        return None
+    stride = int(np.bincount(steps).argmax())
+    counted: dict[int, int] = {}
+    total = 0.0
+    for i, w in enumerate(starts):
+        ps = sorted(windows[w])
+        for p in ps if i == 0 else ps[-stride:]:
+            counted[p] = counted.get(p, 0) + 1
+            total += windows[w][p]
+    twice = sorted(p for p, n in counted.items() if n > 1)
+    if not twice or abs(total / sum(counted.values()) - fig.val_loss) > tol:
+        return None
+    return Problem("scored-twice", f"{head}; it is the mean when each window counts its last {stride} targets, so "
+                   f"{len(twice)} token(s) (positions {twice[0]}..{twice[-1]}) are counted twice, by a short last "
+                   "window and the window before it: C4, each token is scored once (on the full validation split "
+                   "the same windows double-count at most one stride of tokens)", twice[0], None, fig.name, len(twice))
 
 
-def compare_nll(a, b, position: int) -> list[Problem]:
-    """C1 + C3 across two evaluations whose validation tokens agree on 0..position and differ after:
-    the NLL of every position 1..position of every eval path must be bit-identical. One problem per
-    eval path, naming the first position that differs (or is scored in only one of them)."""
-    na, nb = scored_nll(a), scored_nll(b)
-    problems: list[Problem] = []
-    for name in sorted(set(na) | set(nb)):
-        if name not in na or name not in nb:
-            problems.append(Problem("run-missing", f"eval path {name} ran in only one of the two evaluations",
-                                    run=name))
-            continue
-        xa, xb = na[name], nb[name]
-        differ, missing, worst = [], [], 0.0
-        for t in range(1, position + 1):
-            va, vb = xa.get(t), xb.get(t)
-            if va is None or vb is None:
-                missing.append(t)
-            elif struct.pack("<d", va) != struct.pack("<d", vb):
-                differ.append(t)
-                if math.isfinite(va) and math.isfinite(vb):
-                    worst = max(worst, abs(va - vb))
-        if differ:
-            t = differ[0]
-            problems.append(Problem(
-                "nll-differs", f"{name}: the NLL at position {t} changed ({xa[t]!r} -> {xb[t]!r}) when only tokens "
-                f"after position {position} changed; {len(differ)} of {position} positions differ (max "
-                f"|diff| {worst:.3g}); C1: a score may depend only on earlier tokens", run=name, position=t,
-                count=len(differ)))
-        if missing:
-            problems.append(Problem("not-scored", f"{name}: {len(missing)} position(s) up to {position} are scored "
-                                    f"in only one or neither evaluation ({_first_ranges(missing)})", run=name,
-                                    position=missing[0], count=len(missing)))
-    return problems
+# ---------------------------------------------------------------------------------- normalization
+
+def judge_normalization(cap: Capture, tokens: np.ndarray, vocab: int,
+                        tolerance: float = NORMALIZATION_TOLERANCE) -> ProbeOutcome:
+    pid = "probe.normalization"
+    s = scores(cap, tokens)
+    fed = np.array([cap.calls[int(c)].figure is not None for c in s.call], dtype=bool) if len(s.call) else \
+        np.zeros(0, dtype=bool)
+    if not fed.any():
+        return _not_checked(pid, "no captured score of a validation position feeds a printed val_loss")
+    problems = []
+    narrow = sorted({i for i in np.unique(s.call[fed]).tolist() if cap.calls[i].width < vocab})
+    if narrow:
+        c = cap.calls[narrow[0]]
+        problems.append(Problem("partial-vocabulary", f"scores at {c.site} come from distributions over "
+                                f"{c.width} of the {vocab} tokens: C2, a full distribution over the vocabulary",
+                                None, c.site, _where(cap, narrow[0])["figure"]))
+    rows = fed & ~np.isnan(s.lse)
+    bad = np.nonzero(rows & (np.abs(s.lse) > tolerance))[0]
+    by_figure: dict[str, list[int]] = {}
+    for j in bad[np.argsort(s.position[bad], kind="stable")]:
+        by_figure.setdefault(_where(cap, int(s.call[j]))["figure"], []).append(int(j))
+    for figure, items in by_figure.items():
+        j, w = items[0], _where(cap, int(s.call[items[0]]))
+        n = len(np.unique(s.position[items]))
+        problems.append(Problem("not-normalized", f"{figure}: the distribution scoring position "
+                                f"{int(s.position[j])} sums to {math.exp(float(s.lse[j])):.6g}, not 1 (computed at "
+                                f"{w['site']}; {n} position(s)): C2, a normalized distribution (a cache blended into "
+                                "the correct token only does not sum to 1)", int(s.position[j]), w["site"], figure, n))
+    logits, logprobs = int((fed & np.isnan(s.lse)).sum()), int(rows.sum())
+    evidence = {"softmax_rows": logits, "logprob_rows": logprobs, "vocab": vocab}
+    return _outcome(pid, problems, evidence,
+                    f"{logits} score(s) through cross_entropy (softmax over all {vocab} tokens) and {logprobs} "
+                    f"log-prob row(s) summing to 1 within {tolerance:g}")
 
 
-def check_normalization(ledgers, tolerance: float = NORMALIZATION_TOLERANCE) -> list[Problem]:
-    """C2: every recorded log-prob vector is a distribution (sum of exp within `tolerance` of 1, all
-    finite, one length), and every sampled position has one in every eval path that scored it."""
-    problems: list[Problem] = []
-    samples = sorted({int(t) for led in _as_list(ledgers) if isinstance(led, dict) for t in led.get("samples") or []})
-    nll = scored_nll(ledgers)
-    for name, by_rank in sorted(_runs(ledgers).items()):
-        seen: dict[int, int] = {}
-        for rank, run in sorted(by_rank.items()):
-            for key, vec in sorted((run.get("logprobs") or {}).items(), key=lambda kv: int(kv[0])):
-                t = int(key)
-                seen[t] = len(vec) if isinstance(vec, list) else -1
-                if not isinstance(vec, list) or not vec:
-                    problems.append(Problem("malformed", f"{name}: the log-probs at position {t} are not a vector",
-                                            run=name, position=t, rank=rank))
-                    continue
-                try:
-                    total = math.fsum(math.exp(float(x)) for x in vec)
-                except (OverflowError, TypeError, ValueError):
-                    total = math.inf
-                if not math.isfinite(total) or abs(total - 1.0) > tolerance:
-                    problems.append(Problem("not-normalized", f"{name}: the distribution at position {t} sums to "
-                                            f"{total:.6g}, not 1 (tolerance {tolerance:g}); C2: a full, normalized "
-                                            "distribution over the vocabulary", run=name, position=t, rank=rank))
-        lengths = {n for n in seen.values() if n > 0}
-        if len(lengths) > 1:
-            problems.append(Problem("malformed", f"{name}: distributions of different lengths {sorted(lengths)}",
-                                    run=name))
-        absent = [t for t in samples if t in nll.get(name, {}) and t not in seen]
-        if absent:
-            problems.append(Problem("missing-distribution", f"{name}: no distribution recorded at sampled position(s) "
-                                    f"{absent[:5]}", run=name, position=absent[0], count=len(absent)))
-    return problems
+# ---------------------------------------------------------------------------------- isolation
+
+def _judge_isolation(runs: dict[str, RecordRun], repeat) -> ProbeOutcome:
+    pid = "probe.isolation"
+    a = runs["A"].artifacts
+    if not a:
+        return _not_checked(pid, "the script wrote no model file beside itself (nothing to compare)")
+    evidence = {"artifacts": sorted(a)}
+    differ = [n for n in ("B", "C") if runs[n].artifacts != a]
+    if not differ:
+        return ProbeOutcome(pid, "pass", f"the exported model ({', '.join(sorted(a))}) is byte-identical when the "
+                            "validation data changes (from P on; everywhere and shorter)", evidence)
+    again = repeat()
+    runs["A2"] = again
+    if not again.ok:
+        return _not_checked(pid, f"the repeat of run A failed ({again.failure()}); isolation undecided", **evidence)
+    if again.artifacts != a:
+        return _not_checked(pid, "training is not deterministic on CPU (two runs with the same data exported "
+                                 "different models); isolation cannot be decided", **evidence)
+    what = {"B": "the validation tokens from P on", "C": "every validation token (and the split's length)"}
+    files = sorted({f for n in differ for f in a if runs[n].artifacts.get(f) != a[f]})
+    message = (f"the exported model ({', '.join(files)}) changes when only validation data changes "
+               f"({'; '.join(what[n] for n in differ)}): validation data reaches training or calibration "
+               "(README: validation data may never be trained on)")
+    return ProbeOutcome(pid, "fail", message, dict(evidence, changed_by=differ),
+                        [Problem("val-reaches-artifact", message)])
 
 
-# ---------------------------------------------------------------- shards and validation variants
+# ---------------------------------------------------------------------------------- running
 
-def read_shard(path) -> list[int]:
-    """Tokens of one FineWeb shard (256 little-endian int32 header: magic, version, count; uint16 tokens)."""
-    raw = Path(path).read_bytes()
-    if len(raw) < 4 * SHARD_HEADER_INTS:
-        raise ValueError(f"{path}: shorter than a shard header")
-    magic, version, count = struct.unpack_from("<3i", raw)
-    if magic != SHARD_MAGIC or version != SHARD_VERSION:
-        raise ValueError(f"{path}: not a shard (magic {magic}, version {version})")
-    body = raw[4 * SHARD_HEADER_INTS:]
-    if len(body) != 2 * count:
-        raise ValueError(f"{path}: header says {count} tokens, the file holds {len(body) // 2}")
-    tokens = array.array("H")
-    tokens.frombytes(body)
-    if sys.byteorder != "little":
-        tokens.byteswap()
-    return tokens.tolist()
+def choose_position(n: int, chunk: int | None, fraction: float = POSITION_FRACTION) -> int:
+    """P at `fraction` of the targets, moved off chunk boundaries (a step on a whole chunk before scoring
+    it moves scores before P only when P falls inside that chunk)."""
+    p = int((n - 1) * fraction)
+    if chunk and chunk >= 8:
+        margin = chunk // 4
+        if p % chunk < margin or p % chunk > chunk - margin:
+            p += chunk // 2 if p % chunk < margin else -(chunk // 2)
+    return max(2, min(p, n - 2))
 
 
-def write_shard(path, tokens: list[int]) -> None:
-    header = [0] * SHARD_HEADER_INTS
-    header[:3] = [SHARD_MAGIC, SHARD_VERSION, len(tokens)]
-    body = array.array("H", tokens)
-    if sys.byteorder != "little":
-        body.byteswap()
-    Path(path).write_bytes(struct.pack(f"<{SHARD_HEADER_INTS}i", *header) + body.tobytes())
-
-
-def _rotate(t: int, vocab: int) -> int:
-    span = vocab - SPECIAL_TOKENS
-    shift = 17 % span or 1
-    return t if t < SPECIAL_TOKENS else (t - SPECIAL_TOKENS + shift) % span + SPECIAL_TOKENS
-
-
-def change_after(tokens: list[int], position: int) -> list[int]:
-    """Tokens 0..position unchanged, every later token >= 4 replaced by another id below max+1
-    (special ids, BOS among them, stay: documents keep their boundaries)."""
-    vocab = max(tokens) + 1
-    if vocab - SPECIAL_TOKENS < 2:
-        raise ValueError("the validation tokens use too few ids to be changed")
-    return tokens[: position + 1] + [_rotate(t, vocab) for t in tokens[position + 1 :]]
-
-
-def change_all(tokens: list[int], length: int) -> list[int]:
-    """The first `length` tokens with every token >= 4 replaced (variant C)."""
-    vocab = max(tokens) + 1
-    return [_rotate(t, vocab) for t in tokens[:length]]
-
-
-def choose_position(num_tokens: int, chunk: int = int(SMOKE_OVERRIDES["TTT_CHUNK_TOKENS"]),
-                    fraction: float = POSITION_FRACTION) -> int:
-    """P at `fraction` of the targets, moved off TTT chunk boundaries: a step on a whole chunk before
-    scoring it only moves scores before P when P falls inside that chunk."""
-    p = int((num_tokens - 1) * fraction)
-    margin = min(256, chunk // 4)
-    if chunk > 2 * margin and (p % chunk < margin or p % chunk > chunk - margin):
-        p += chunk // 2 if p % chunk < margin else -(chunk // 2)
-    return max(1, min(p, num_tokens - 2))
-
-
-def _val_files(data_dir: Path) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(str(data_dir / "fineweb_val_*.bin")))
-
-
-def _variant_data(src: Path, dst: Path, val_sizes: list[int], tokens: list[int]) -> Path:
-    """dst: links to src's train shards and new validation shards holding `tokens`, split like src's
-    (or in one shard when the length differs)."""
-    dst.mkdir(parents=True)
-    for train in sorted(src.glob("fineweb_train_*.bin")):
-        try:
-            (dst / train.name).symlink_to(train.resolve())
-        except OSError:
-            shutil.copy2(train, dst / train.name)
-    if sum(val_sizes) != len(tokens):
-        val_sizes = [len(tokens)]
-    start = 0
-    for i, size in enumerate(val_sizes):
-        write_shard(dst / f"fineweb_val_{i:06d}.bin", tokens[start : start + size])
-        start += size
-    return dst
-
-
-# ---------------------------------------------------------------- running the script
-
-def load_ledgers(probe_dir: Path) -> tuple[list[dict], list[str]]:
-    """(ledgers sorted by rank, read errors) from GOLF_PROBE_DIR/ledger_rank*.json."""
-    ledgers, errors = [], []
-    for path in sorted(Path(probe_dir).glob("ledger_rank*.json"),
-                       key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)):
-        try:
-            ledgers.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            errors.append(f"{path.name}: {exc}")
-    return ledgers, errors
-
-
-def _env(data: Path, tokenizer: Path, probe_dir: Path, log_dir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
-    env.update(_ENV_FORCE)
-    env.update(SMOKE_OVERRIDES)
-    env.update(DATA_PATH=str(data), TOKENIZER_PATH=str(tokenizer), GOLF_PROBE_DIR=str(probe_dir),
-               LOG_DIR=str(log_dir))
-    return env
-
-
-def _artifacts(*dirs: Path) -> dict[str, str]:
-    out = {}
-    for d in dirs:
-        for path in sorted(d.glob("final_model*")):
-            if path.is_file() and path.name not in out:
-                out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-def _run_variant(name: str, folder: Path, root: Path, script: str, nproc: int, data: Path, tokenizer: Path,
-                 timeout: float) -> VariantRun:
-    try:
-        return _run_variant_in(name, folder, root, script, nproc, data, tokenizer, timeout)
-    except OSError as exc:  # the copy or the launch failed: a probe error, not a crash of golf-verify
-        return VariantRun(name, None, 0.0, tail=f"{type(exc).__name__}: {exc}")
-
-
-def _run_variant_in(name: str, folder: Path, root: Path, script: str, nproc: int, data: Path, tokenizer: Path,
-                    timeout: float) -> VariantRun:
-    work = root / name
-    copy = work / "record"
-    shutil.copytree(folder, copy, symlinks=True, ignore=shutil.ignore_patterns(*_COPY_IGNORE))
-    probe_dir, log_dir = work / "probe", work / "logs"
-    log_dir.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
-    t0 = time.perf_counter()
-    timed_out = False
-    with open(work / "stdout.txt", "wb") as out, open(work / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=copy, env=_env(data, tokenizer, probe_dir, log_dir), stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            rc = proc.wait()
-    seconds = time.perf_counter() - t0
-    stdout = (work / "stdout.txt").read_text(encoding="utf-8", errors="replace")
-    stderr = (work / "stderr.txt").read_text(encoding="utf-8", errors="replace")
-    result = None
-    for m in re.finditer(r"^golf_result_json:(.*)$", stdout, re.M):
-        try:
-            result = json.loads(m.group(1))
-        except ValueError:
-            pass
-    ledgers, errors = load_ledgers(probe_dir)
-    return VariantRun(name, rc, seconds, timed_out, _artifacts(log_dir, copy), ledgers, errors, result,
-                      _failure_line(stderr, stdout))
-
-
-_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)|AssertionError)\b.*")
-_LAUNCHER = ("ChildFailedError", "torch.distributed.elastic")
-
-
-def _failure_line(stderr: str, stdout: str) -> str:
-    """The script's own exception line (not torchrun's summary), else the last lines of output."""
-    lines = [ln.rstrip() for ln in stderr.splitlines()]
-    errors = [ln for ln in lines if _ERROR_LINE.match(ln) and not any(k in ln for k in _LAUNCHER)]
-    if errors:
-        return errors[0]
-    return "\n".join((stderr.strip().splitlines() or stdout.strip().splitlines())[-6:])
-
-
-def _descendants(pid: int) -> list[int]:
-    """Process ids below `pid` (Linux /proc; empty elsewhere). torchrun starts each rank in a session
-    of its own, so killing torchrun's process group alone would leave the ranks running."""
-    children: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-            ppid = int(text[text.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(Path(stat).parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the run: torchrun (asked first, so it stops its ranks), then by id every process it started."""
-    tree = _descendants(proc.pid)
-    try:
-        proc.terminate()
-        proc.wait(timeout=5)
-    except (subprocess.TimeoutExpired, OSError):
-        pass
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-    if proc.poll() is None:
-        proc.kill()
-
-
-def _prepare_data(root: Path, data_path, tokenizer_path) -> tuple[Path, Path, str]:
-    if data_path is not None:
-        data = Path(data_path).resolve()
-        return data, Path(tokenizer_path).resolve(), "given"
-    from packager.tinydata import build_tiny_dataset
-
-    built = build_tiny_dataset(root / "tiny")
-    tok = Path(tokenizer_path).resolve() if tokenizer_path is not None else Path(built["tokenizer_path"])
-    return Path(built["data_path"]), tok, "tiny"
-
-
-# ---------------------------------------------------------------- the probe suite
-
-def _all_failed(result: ProbeResult, message: str, **evidence) -> ProbeResult:
-    for pid in PROBE_IDS:
-        result.probes[pid] = ProbeOutcome(pid, "error", message, dict(evidence))
-    return result
+def _chunk(plan: Plan) -> int | None:
+    for knob in _CHUNK_KNOBS:
+        value = plan.env.get(knob)
+        if value and value.isdigit():
+            return int(value)
+    return None
 
 
 def run_probes(folder, *, nproc: int = 1, data_path=None, tokenizer_path=None, timeout: float = 300,
-               workdir=None, position: int | None = None) -> ProbeResult:
-    """Run the four legality probes on a copy of `folder` (see the module docstring). `timeout` bounds
-    each run of the script (seconds); `workdir` keeps the runs' files (default: a temporary folder,
-    removed afterwards); `position` is P (default: 60% of the validation targets, off TTT chunk
-    boundaries). Never raises for a failing or misbehaving script: every outcome is in the result."""
+               workdir=None, position: int | None = None, jobs: int | None = None) -> ProbeResult:
+    """Run the four probes on copies of `folder`. `timeout` bounds each run (seconds); `workdir` keeps the
+    runs' files (default: a temporary folder, removed afterwards); `position` is P; `tokenizer_path` a
+    SentencePiece model to use instead of the folder's or a trained one; `data_path` a folder whose
+    fineweb_train_*.bin shards train the model (the validation splits are always the probe's own).
+    Never raises for a failing or misbehaving script: every outcome is in the result."""
     started = time.perf_counter()
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     if nproc < 1:
         raise ValueError("nproc must be at least 1")
-    if data_path is not None and tokenizer_path is None:
-        raise ValueError("a data path needs its tokenizer path")
     result = ProbeResult(str(folder), nproc, None, None, 0.0, {})
-    script = "train_gpt.py"
-    if not (folder / script).is_file():
-        result.seconds = time.perf_counter() - started
-        return _all_failed(result, f"no {script} in the folder: nothing to probe")
     tmp = tempfile.TemporaryDirectory(prefix="golf-probe-") if workdir is None else None
-    if tmp is None:  # a fresh folder inside workdir, kept for inspection
+    if tmp is None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     root = Path(tmp.name if tmp else tempfile.mkdtemp(prefix="golf-probe-", dir=workdir)).resolve()
     try:
-        _probe(result, folder.resolve(), root, script, nproc, data_path, tokenizer_path, timeout, position)
+        _probe(result, folder.resolve(), root, nproc, data_path, tokenizer_path, timeout, position, jobs)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    result.probes = {pid: result.probes[pid] for pid in PROBE_IDS if pid in result.probes}
+    result.probes = {pid: result.probes.get(pid) or _not_checked(pid, "the probes stopped early")
+                     for pid in PROBE_IDS}
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _probe(result: ProbeResult, folder: Path, root: Path, script: str, nproc: int, data_path, tokenizer_path,
-           timeout: float, position: int | None) -> None:
+def _all_not_checked(result: ProbeResult, why: str, **evidence) -> None:
+    for pid in PROBE_IDS:
+        result.probes[pid] = _not_checked(pid, why, **evidence)
+
+
+def _probe(result: ProbeResult, folder: Path, root: Path, nproc: int, data_path, tokenizer_path, timeout: float,
+           position: int | None, jobs: int | None) -> None:
+    plan = result.plan = plan_folder(folder)
+    if plan.problem:
+        return _all_not_checked(result, plan.problem)
     try:
-        data, tokenizer, result.data = _prepare_data(root, data_path, tokenizer_path)
-        val_files = _val_files(data)
-        if not val_files:
-            raise ValueError(f"no fineweb_val_*.bin shards in {data}")
-        if not any(data.glob("fineweb_train_*.bin")):
-            raise ValueError(f"no fineweb_train_*.bin shards in {data}")
-        shards = [read_shard(p) for p in val_files]
-    except Exception as exc:  # noqa: BLE001 - a tiny-dataset build error (UserError), OSError, ValueError
-        _all_failed(result, f"probe data unusable: {exc}")
-        return
-    tokens = [t for s in shards for t in s]
-    seq_len = int(SMOKE_OVERRIDES["TRAIN_SEQ_LEN"])
-    usable = (len(tokens) - 1) // seq_len * seq_len + 1  # what load_validation_tokens keeps
-    if usable < 2 * seq_len + 1:
-        _all_failed(result, f"the validation split ({len(tokens)} tokens) is too short to probe")
-        return
-    p = choose_position(usable) if position is None else int(position)
-    if not 1 <= p < usable - 1:
-        _all_failed(result, f"position {p} is not inside the validation targets 1..{usable - 2}")
-        return
-    result.position, result.num_tokens = p, usable
-    short = min(SHORT_VAL_TOKENS, usable - 1) + 1
-    try:
-        data_b = _variant_data(data, root / "data_b", [len(s) for s in shards], change_after(tokens, p))
-        data_c = _variant_data(data, root / "data_c", [short], change_all(tokens, short))
-    except (OSError, ValueError) as exc:
-        _all_failed(result, f"cannot write the changed validation split: {exc}")
-        return
-    variants = {"A": data, "B": data_b, "C": data_c}
-    jobs = max(1, min(len(variants), (os.cpu_count() or 1) // nproc + 1))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {n: pool.submit(_run_variant, n, folder, root, script, nproc, d, tokenizer, timeout)
-                   for n, d in variants.items()}
-        runs = {n: f.result() for n, f in futures.items()}
-    result.runs = runs
-    broken = [r for r in runs.values() if not r.ok]
+        if tokenizer_path is not None:
+            tok = hdata.describe_tokenizer(Path(tokenizer_path).resolve(), "given")
+        else:
+            tok = hdata.load_tokenizer(folder, plan.vocab, root / "tokenizer")
+        val = hdata.random_split(tok, hdata.PROBE_VAL_TOKENS + 1)
+        p = choose_position(len(val), _chunk(plan)) if position is None else int(position)
+        if not 1 <= p < len(val) - 1:
+            raise ValueError(f"position {p} is not inside the validation targets 1..{len(val) - 2}")
+        if val[p] == tok.bos:
+            p += 1
+        train = _train_tokens(tok, data_path)
+        splits = {"A": val, "B": hdata.change_from(tok, val, p),
+                  "C": hdata.random_split(tok, len(val) // 2 + 1, seed=hdata.SEED + 2)}
+        dirs = {n: hdata.write_data(root / f"data_{n}", tok, train, v, plan.reads_byte_sidecar)
+                for n, v in splits.items()}
+    except (OSError, ValueError, RuntimeError) as exc:
+        return _all_not_checked(result, f"probe data could not be made: {exc}")
+    result.position, result.num_tokens = p, len(val)
+    workers = jobs or max(1, min(3, (os.cpu_count() or 1) // nproc))
+
+    def run(name: str, split: str) -> RecordRun:
+        return run_record(plan, dirs[split], root / name, name=name, nproc=nproc, timeout=timeout)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {n: pool.submit(run, n, n) for n in splits}
+        result.runs = {n: f.result() for n, f in futures.items()}
+    broken = [r for r in result.runs.values() if not r.ok]
     if broken:
         r = broken[0]
-        why = f"timed out after {timeout:g}s" if r.timed_out else \
-            f"exited with code {r.returncode}" if r.returncode is not None else "could not start"
-        _all_failed(result, f"the script failed under the probe (variant {r.name} {why}): {r.tail[-600:]}",
-                    variant=r.name, returncode=r.returncode)
-        return
-    a, b = runs["A"], runs["B"]
-    if a.result and isinstance(a.result.get("val_tokens"), int):
-        result.num_tokens = a.result["val_tokens"] + 1
-    result.probes["probe.isolation"] = _isolation(runs, root, folder, script, nproc, data, tokenizer, timeout)
-    if not a.ledgers or not b.ledgers:
-        why = "; ".join(a.ledger_errors + b.ledger_errors) or \
-            "the script wrote no ledger_rank*.json under GOLF_PROBE_DIR (not golf-pack output?)"
-        for pid in PROBE_IDS[:3]:
-            result.probes[pid] = ProbeOutcome(pid, "skipped", f"no probe ledger: {why}")
-        return
-    if len(a.ledgers) != nproc or len(b.ledgers) != nproc:
-        for pid in PROBE_IDS[:3]:
-            result.probes[pid] = ProbeOutcome(pid, "error", f"expected {nproc} ledger(s) per run, found "
-                                              f"{len(a.ledgers)} and {len(b.ledgers)}")
-        return
-    names = sorted(_runs(a.ledgers))
-    common = {"num_tokens": result.num_tokens, "eval_paths": names, "nproc": nproc}
-    problems = compare_nll(a.ledgers, b.ledgers, p)
-    result.probes["probe.causality"] = _outcome(
-        "probe.causality", problems, dict(common, changed_after=p),
-        f"per-token NLL of positions 1..{p} bit-identical when the tokens after {p} change "
-        f"(eval paths: {', '.join(names) or 'none ledgered'})")
-    problems = check_ledgers(a.ledgers, result.num_tokens)
-    steps = sum(1 for led in a.ledgers for run in led.get("runs") or [] for e in run.get("events") or []
-                if isinstance(e, dict) and "step" in e)
-    result.probes["probe.ledger"] = _outcome(
-        "probe.ledger", problems, dict(common, steps=steps),
-        f"{steps} TTT step record(s){' (all ranks)' if nproc > 1 else ''} read only scored tokens; every token "
-        "scored once per eval path "
-        f"({', '.join(names) or 'none ledgered'})")
-    problems = check_normalization(a.ledgers)
-    dists = sum(len(run.get("logprobs") or {}) for led in a.ledgers for run in led.get("runs") or [])
-    result.probes["probe.normalization"] = _outcome(
-        "probe.normalization", problems, dict(common, distributions=dists),
-        f"{dists} sampled distribution(s) sum to 1 within {NORMALIZATION_TOLERANCE:g}")
+        return _all_not_checked(result, f"the script did not run to the end under the CPU harness (run {r.name}): "
+                                        f"{r.failure(timeout)}", run=r.name)
+    caps = {}
+    for n in ("A", "B"):
+        caps[n], why = load_capture(root / n / "capture", nproc)
+        if caps[n] is None:
+            return _all_not_checked(result, f"run {n}: {why}")
+    result.probes["probe.causality"] = judge_causality(caps["A"], caps["B"], splits["A"], splits["B"], p)
+    result.probes["probe.single-pass"] = judge_single_pass(caps["A"], splits["A"])
+    result.probes["probe.normalization"] = judge_normalization(caps["A"], splits["A"], tok.vocab)
+    result.probes["probe.isolation"] = _judge_isolation(result.runs, lambda: run("A2", "A"))
 
 
-def _outcome(pid: str, problems: list[Problem], evidence: dict, passed: str) -> ProbeOutcome:
-    if not problems:
-        if not evidence.get("eval_paths"):
-            passed += "; no eval path writes a ledger (a plain roundtrip evaluation is not ledgered), so nothing " \
-                      "was compared"
-        return ProbeOutcome(pid, "pass", passed, evidence)
-    first = problems[0]
-    return ProbeOutcome(pid, "fail", first.message, dict(evidence, **first.evidence()), problems)
-
-
-def _isolation(runs: dict[str, VariantRun], root: Path, folder: Path, script: str, nproc: int, data: Path,
-               tokenizer: Path, timeout: float) -> ProbeOutcome:
-    pid = "probe.isolation"
-    a = runs["A"].artifacts
-    if not a:
-        return ProbeOutcome(pid, "error", "the script wrote no final_model* artifact (in LOG_DIR or beside it)")
-    evidence = {"artifact": sorted(a), "sha256": a[sorted(a)[0]]}
-    differ = [n for n in ("B", "C") if runs[n].artifacts != a]
-    if not differ:
-        return ProbeOutcome(pid, "pass", "the exported model is byte-identical when the validation data changes "
-                            "(after P; everywhere and shorter)", evidence)
-    # Tell a leak from a script whose training is not deterministic on CPU: train A again.
-    again = _run_variant("A2", folder, root, script, nproc, data, tokenizer, timeout)
-    runs["A2"] = again
-    if not again.ok:
-        return ProbeOutcome(pid, "error", f"the repeat of run A failed ({again.returncode}); isolation undecided",
-                            evidence)
-    if again.artifacts != a:
-        return ProbeOutcome(pid, "error", "training is not deterministic on CPU (two runs with the same data "
-                            "exported different models); isolation cannot be decided", evidence)
-    what = {"B": "the validation tokens after P", "C": "every validation token (and the split's length)"}
-    message = (f"the exported model changes when only validation data changes ({'; '.join(what[n] for n in differ)}"
-               "): validation data reaches training (README: validation data may never be trained on)")
-    problem = Problem("val-reaches-training", message)
-    return ProbeOutcome(pid, "fail", message, dict(evidence, changed_by=differ,
-                                                   sha256_changed={n: runs[n].artifacts for n in differ}), [problem])
+def _train_tokens(tok: hdata.Tokenizer, data_path) -> np.ndarray:
+    if data_path is None:
+        return hdata.random_split(tok, hdata.PROBE_TRAIN_TOKENS, seed=hdata.SEED + 3)
+    shards = sorted(Path(data_path).glob("fineweb_train_*.bin"))
+    if not shards:
+        raise ValueError(f"no fineweb_train_*.bin shards in {data_path}")
+    return np.concatenate([hdata.read_tokens(s) for s in shards])

@@ -1,4 +1,4 @@
-"""`golf-verify FOLDER --rerun`: run a record's train_gpt.py again, seed by seed, and check what it prints.
+"""`golf-verify FOLDER --rerun`: run a record's training script again, seed by seed, and check what it prints.
 
 Each seed runs as `python -m torch.distributed.run --standalone --nproc_per_node=N train_gpt.py` in a
 temporary copy of the folder (the record folder itself is never written to, except for the new
@@ -13,9 +13,12 @@ temporary copy of the folder (the record folder itself is never written to, exce
 - the reproduction view: a second temporary copy of the folder whose own logs are replaced by the new
   ones, verified with every static check, plus the rerun findings (verifier/checks/rerun.py).
 
-`--smoke` does the same on CPU with the tiny dataset (built in a temporary folder unless
-`--data-path` is given), SMOKE_OVERRIDES and, in a golf-pack folder, its features' own smoke
-settings (`smoke_env` of .golf-pack.json); scores are then not compared with the claims.
+`--smoke` does the same on CPU under the harness (verifier/harness: CPU shims injected from outside, so
+any record's script runs unmodified) with the tiny dataset in the script's own format (built in a
+temporary folder unless `--data-path` is given) and the plan's small settings (the record's run
+configuration shrunk by verifier/harness/profiles.json, or, in a folder rendered by golf-pack, by the
+settings golf-pack stored for its script: `smoke_env` of .golf-pack.json); scores are then not
+compared with the claims.
 
 Public API: rerun_folder(...) -> RerunOutcome; find_records(root); SMOKE_OVERRIDES.
 """
@@ -28,7 +31,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,10 +44,15 @@ from typing import Callable
 from verifier import VerifyError, __version__, verify_folder
 from verifier.analysis import analyse, effective_seed
 from verifier.checks import REGISTRY, run_checks
-from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, golf_pack_smoke_env, load_folder
+from verifier.folder import RERUN_DIR, SKIP_DIRS, TRACK_DIRS, load_folder
 from verifier.logs import LogSummary, parse_log
 from verifier.report import Report
 from verifier.stats import DEFAULT_POLICY, load_policy
+from verifier.harness.data import DataDir, load_tokenizer, text_splits, write_data
+from verifier.harness.proc import (LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, kill_tree,  # noqa: F401
+                                   network_isolation)
+from verifier.harness.run import harness_env
+from verifier.harness.script import Plan, load_profiles, plan_folder
 
 __all__ = ["SMOKE_OVERRIDES", "DEFAULT_TIMEOUT_S", "SMOKE_TIMEOUT_S", "DEFAULT_TOLERANCE_BPB", "RERUN_VERSION",
            "RerunError", "SeedRun", "RerunResult", "RerunOutcome", "rerun_folder", "find_records",
@@ -58,22 +65,11 @@ DEFAULT_TOLERANCE_BPB = 0.002
 TRAIN_CAP_S = 600.0
 PROGRESS_EVERY_S = 10.0
 
-# Small model, few steps: a smoke rerun takes seconds per seed on CPU. These are the variables of the
-# public baseline script, which every Parameter Golf script inherits; a folder rendered by golf-pack
-# adds its features' own (`smoke_env` in .golf-pack.json, from the runtime modules' declarations).
-SMOKE_OVERRIDES: dict[str, str] = {
-    "ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4",
-    "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "128", "TRAIN_BATCH_TOKENS": "2048", "VAL_BATCH_SIZE": "16384",
-    "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "3", "WARMDOWN_ITERS": "10", "MAX_WALLCLOCK_SECONDS": "0",
-    "MATRIX_LR": "0.02",
-}
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-PROXY_VARS = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-              "FTP_PROXY", "ALL_PROXY", "NO_PROXY")
-# torchrun sets these itself; inherited ones (a shell inside another job) would confuse it.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+# Small model, few steps: a smoke rerun takes seconds per seed on CPU. `--smoke` runs the script under the
+# CPU harness (verifier/harness) with the plan's settings: the record's run configuration shrunk by the
+# profiles of verifier/harness/profiles.json, whose first ("tiny") is this table; golf-pack starts from
+# it for the `smoke_env` it stores (verifier.harness.script.plan_folder prefers that one).
+SMOKE_OVERRIDES: dict[str, str] = dict(load_profiles()[0]["env"])  # the harness's "tiny" profile
 
 # The reproduction view is the record folder with its own logs replaced by the rerun's logs and without
 # its submission JSON: the claims are compared with the reproduced scores by rerun.reproduce, within a
@@ -94,16 +90,6 @@ SKIP_IN_VIEW = {
 }
 SKIP_IN_SMOKE_VIEW = {"data.val-tokens": "smoke: the tiny dataset is not the canonical validation set",
                       "hardware.track": "smoke: a CPU run; rerun.hardware reports the device"}
-
-# Bring the loopback interface up inside a fresh network namespace, then exec the real command.
-_LO_UP = (
-    "import fcntl,os,socket,struct,sys\n"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-    "f=struct.unpack('16sH',fcntl.ioctl(s,0x8913,struct.pack('16sH22x',b'lo',0))[:18])[1]\n"
-    "fcntl.ioctl(s,0x8914,struct.pack('16sH22x',b'lo',f|1))\n"
-    "s.close()\n"
-    "os.execvp(sys.argv[1],sys.argv[1:]) if len(sys.argv)>1 else print('lo-up')\n"
-)
 
 _STEP = re.compile(r"^(?:step:)?(\d{1,12})/(\d{1,12})\s+(train_loss|val_loss)\b")
 _WARMUP = re.compile(r"^warmup_step:\s?(\d{1,12})/(\d{1,12})")
@@ -287,28 +273,6 @@ def _script_default(text: str, name: str) -> str | None:
 # environment
 
 
-def network_isolation(timeout: float = 20.0) -> tuple[list[str], str, str | None]:
-    """(command prefix, name, note): a prefix that runs a command in a network namespace of its own with
-    loopback up, or ([], "none", why not) where this machine allows none."""
-    if not sys.platform.startswith("linux"):
-        return [], "none", f"no network namespaces on {sys.platform}"
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return [], "none", "unshare(1) not found"
-    last = "unshare -n failed"
-    for flags, name in ((["-n"], "unshare -n"), (["-r", "-n"], "unshare -r -n")):
-        prefix = [unshare, *flags, sys.executable, "-c", _LO_UP]
-        try:
-            probe = subprocess.run(prefix, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            last = f"{name}: {exc}"
-            continue
-        if probe.returncode == 0 and "lo-up" in probe.stdout:
-            return prefix, name, None
-        last = f"{name}: " + ((probe.stderr or probe.stdout).strip().splitlines() or ["exit code %d" % probe.returncode])[-1]
-    return [], "none", f"{last[:200]} (offline environment variables only)"
-
-
 def visible_gpus(timeout: float = 60.0) -> int:
     """GPUs torch can see in a child process (CUDA_VISIBLE_DEVICES respected); 0 when none or no torch."""
     code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
@@ -320,7 +284,8 @@ def visible_gpus(timeout: float = 60.0) -> int:
 
 
 def _child_env(base: dict, *, script_vars: set[str], smoke: bool, extra: dict, seed: int, log_dir: Path,
-               data_path: str | None, tokenizer_path: str | None, isolated: bool) -> tuple[dict, list[str]]:
+               data_path: str | None, tokenizer_path: str | None, isolated: bool, plan: Plan | None = None) \
+        -> tuple[dict, list[str]]:
     removed = []
     env = {}
     for key, value in base.items():
@@ -332,10 +297,10 @@ def _child_env(base: dict, *, script_vars: set[str], smoke: bool, extra: dict, s
         env[key] = value
     env.update(OFFLINE_ENV)
     env["PYTHONUNBUFFERED"] = "1"
-    if smoke:
-        env.update(SMOKE_OVERRIDES)
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        env["OMP_NUM_THREADS"] = "1"
+    if smoke:  # the CPU harness: its shims on PYTHONPATH, the plan's small settings, the data in its format
+        data = DataDir(Path(data_path).parent.parent, Path(data_path), Path(tokenizer_path or ""), None) \
+            if data_path else None
+        env.update(harness_env(plan, data, capture=None, log_dir=log_dir, seed=str(seed)) if data else {})
     if isolated:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
@@ -487,68 +452,6 @@ def _new_artifact(dirs: list[Path], before: dict) -> Path | None:
     return None
 
 
-def _proc_stat(pid: int | str) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of a process, from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _descendants(pid: int) -> list[tuple[int, int]]:
-    """Every process below pid (Linux /proc). torchrun starts its workers in sessions of their own, so
-    killing torchrun's process group alone can leave them running."""
-    children: dict[int, list[tuple[int, int]]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for name in entries:
-        info = _proc_stat(name) if name.isdigit() else None
-        if info is not None:
-            children.setdefault(info[0], []).append((int(name), info[1]))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child[0])
-    return out
-
-
-def _signal_all(proc: subprocess.Popen, pids: list[tuple[int, int]], sig: int) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid, started in pids:
-        info = _proc_stat(pid)
-        if info is None or info[1] != started:  # gone, or the pid now names another process
-            continue
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM (torchrun forwards it to its workers), then SIGKILL to whatever is left, workers included."""
-    pids = _descendants(proc.pid)
-    _signal_all(proc, pids, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    pids = sorted(set(pids) | set(_descendants(proc.pid)))
-    _signal_all(proc, pids, signal.SIGKILL)
-    try:
-        proc.wait(timeout=10.0)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path, timeout_s: float,
               say: Callable[[str], None]) -> None:
     watch_dirs = [log_dir, cwd]
@@ -583,7 +486,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
                 run.status = "timeout"
                 say(f"seed {run.index}/{run.total} +{now - t0:.1f}s TIMEOUT ({timeout_s:g}s) in "
                     f"{run.phase_text()}: killing the process group")
-                _kill_group(proc)
+                kill_tree(proc)
                 break
             try:
                 when, text = lines.get(timeout=min(0.5, max(0.01, deadline - now)))
@@ -600,7 +503,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
                     watcher.artifact(_now(), "file", f"{found.name} appeared")
     except KeyboardInterrupt:
         run.status = "interrupted"
-        _kill_group(proc, grace=3.0)
+        kill_tree(proc, grace=3.0)
     thread.join(timeout=15.0)
     while True:  # lines printed before the kill
         try:
@@ -612,7 +515,7 @@ def _run_seed(run: SeedRun, cmd: list[str], cwd: Path, env: dict, log_dir: Path,
     try:
         run.returncode = proc.wait(timeout=30.0)
     except subprocess.TimeoutExpired:
-        _kill_group(proc, grace=1.0)
+        kill_tree(proc, grace=1.0)
         run.returncode = proc.poll()
     end = _now()
     run.timers["wall_s"] = round(end - t0, 3)
@@ -706,12 +609,12 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
     shown = display if display is not None else str(path)
     if not src.is_dir():
         raise RerunError(f"{path}: not a folder")
-    script = src / "train_gpt.py"
-    if not script.is_file():
-        raise RerunError(f"{path}: no train_gpt.py to run")
+    plan = plan_folder(src)
+    if plan.problem:
+        raise RerunError(f"{path}: {plan.problem}")
     if tolerance < 0:
         raise RerunError("--tolerance must be >= 0")
-    script_text = script.read_text(encoding="utf-8", errors="replace")
+    script_text = plan.source
     try:
         per_seed, claimed_seeds, claimed_hw, _status, track = _claims(src)
     except (OSError, ValueError) as exc:
@@ -729,30 +632,30 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
     if timeout_s <= 0:
         raise RerunError("--timeout must be > 0 seconds")
     extra = {str(k): str(v) for k, v in (extra_env or {}).items()}
-    if smoke:
-        extra = {**golf_pack_smoke_env(src), **extra}
     for key in ("SEED", "LOG_DIR"):
         if key in extra:
             raise RerunError(f"--env {key}=...: golf-verify sets {key} itself")
 
-    script_vars = set(_HP_ENV.findall(script_text))
+    script_vars = set(plan.knobs)
     before = tree_digest(src)
     result = RerunResult(folder=shown, track=track, smoke=smoke, nproc=nproc, timeout_s=timeout_s,
                          tolerance=float(tolerance), seeds=[], claimed_hardware=claimed_hw,
-                         env_overrides=dict(SMOKE_OVERRIDES, **extra) if smoke else dict(extra),
+                         env_overrides=dict(plan.env, **extra) if smoke else dict(extra),
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     with tempfile.TemporaryDirectory(prefix="golf-rerun-") as tmp_name:
         tmp = Path(tmp_name)
         if smoke and data_path is None:
             if tokenizer_path is not None:
                 raise RerunError("--smoke with --tokenizer-path needs --data-path too")
-            from packager.tinydata import build_tiny_dataset
-
-            tiny = tmp / "tiny"
-            build_tiny_dataset(tiny)
-            data_path = str(tiny / "datasets" / "fineweb10B_sp1024")
-            tokenizer_path = str(tiny / "tokenizers" / "fineweb_1024_bpe.model")
-            sources = ("tiny dataset (built)", "tiny dataset (built)")
+            try:
+                tok = load_tokenizer(src, plan.vocab, tmp / "tokenizer")
+                train, val = text_splits(tok)
+                built = write_data(tmp / "data", tok, train, val, plan.reads_byte_sidecar)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise RerunError(f"--smoke: cannot build data for a {plan.vocab}-token vocabulary: {exc}") from None
+            data_path, tokenizer_path = str(built.dataset), str(built.tokenizer)
+            what = f"tiny dataset (built; {'the folder' if tok.source == 'folder' else 'a trained'} tokenizer)"
+            sources = (what, what)
         else:
             data_path, d_src = _resolve_path(data_path, "DATA_PATH", script_text)
             if smoke and tokenizer_path is None:  # the tiny layout: OUT/datasets/<name>, OUT/tokenizers/<model>
@@ -776,8 +679,8 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
         run_dir = tmp / "run" / track_dir / src.resolve().name
         _copy_folder(src, run_dir)
         cmd = [*prefix, sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "train_gpt.py"]
-        mode = "smoke (CPU, tiny dataset)" if smoke else "full"
+               f"--nproc_per_node={nproc}", plan.entry]
+        mode = "smoke (CPU harness, tiny dataset)" if smoke else "full"
         say(f"rerun {shown}: {len(run_seeds)} seed(s) {run_seeds}, {mode}, {nproc} process(es) per seed, "
             f"timeout {timeout_s:g}s, network: {result.network}"
             + (f" ({result.network_note})" if result.network_note else ""))
@@ -788,7 +691,7 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
             log_dir.mkdir(parents=True)
             env, removed = _child_env(os.environ, script_vars=script_vars, smoke=smoke, extra=extra, seed=run.seed,
                                       log_dir=log_dir, data_path=data_path, tokenizer_path=tokenizer_path,
-                                      isolated=bool(prefix))
+                                      isolated=bool(prefix), plan=plan)
             result.env_removed = sorted(set(result.env_removed) | set(removed))
             say(f"seed {run.index}/{run.total} (SEED={run.seed}): starting torchrun --nproc_per_node={nproc}")
             _run_seed(run, cmd, run_dir, env, log_dir, timeout_s, say)

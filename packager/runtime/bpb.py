@@ -13,7 +13,6 @@ import math
 import numpy as np
 import sentencepiece as spm
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
 from torch import Tensor
 
@@ -80,7 +79,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
 
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -105,10 +104,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                         docs = {"cu_seqlens": document_starts(raw[:-1].view(-1, seq_len), seq_len).to(device)}
                 with autocast_ctx(device):
                     batch_loss = model(x, y, **docs).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()

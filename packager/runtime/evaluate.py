@@ -1,17 +1,12 @@
-"""Window-based final evaluation (sliding window) and the probe ledger.
+"""Window-based final evaluation (sliding window).
 
 Windows are planned so that the scored spans tile the validation targets in order: every
 token is scored exactly once, each with the longest causal context the window length allows.
-The ledger records, only when GOLF_PROBE_DIR is set, what the legality probes need to check
-C1-C4: each score (token index and NLL), each TTT update (which tokens entered its loss) and
-full log-prob vectors at a few fixed tokens. Positions are indices into val_tokens of the
-predicted token; val_tokens[0] is context only and never scored.
+Positions are indices into val_tokens of the predicted token; val_tokens[0] is context only
+and never scored. (golf-verify's probes capture every score from outside the script.)
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import torch
 import torch.nn.functional as F
@@ -43,38 +38,6 @@ HPARAMS = (
     HP("eval_passes", "EVAL_PASSES", "eval.passes", str, "",
        doc='final evaluations, in the order roundtrip, sliding, ttt ("": each one the script has)'),
 )
-
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
 
 
 def rank_share(items: list, rank: int, world_size: int) -> list:
@@ -109,7 +72,7 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
 
 
 def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, width: int,
-                  ledger=None, doc_len: int = 0) -> None:
+                  doc_len: int = 0) -> None:
     """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode.
 
     Rows are `width` tokens (shorter windows padded after their end, as the records do: causal attention keeps
@@ -136,20 +99,15 @@ def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, bat
             sums[0] += nll[mask].double().sum()
             sums[1] += mask.sum()
             sums[2] += target_bytes(x, y, luts, [s + 1 for s, _, _ in part])[mask].double().sum()
-        if ledger is not None:
-            for j, (s, a, e) in enumerate(part):
-                ledger.score(a + 1, nll[j, a - s : e - s], logits[j, a - s : e - s])
 
 
-def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger=None) -> tuple[float, float]:
+def eval_sliding(args, model, rank, world_size, device, val_tokens, luts) -> tuple[float, float]:
     """(val_loss, val_bpb) with every token scored once by a window ending just after it."""
-    if ledger is not None:
-        ledger.begin("sliding")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     doc_len = 0
     if feature("doc_attention"):
         doc_len = args.train_seq_len if args.doc_attention else 0
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, args.eval_batch_seqs, eval_window(args)[0], ledger, doc_len)
+                  device, sums, args.eval_batch_seqs, eval_window(args)[0], doc_len)
     model.train()
     return finish_scores(sums)

@@ -39,7 +39,7 @@ class HP:
     few steps), for a feature's hyperparameter that must shrink with the model or the data
     while keeping its code path busy (None: the recipe's value); the settings every
     Parameter Golf script shares (NUM_LAYERS, ITERATIONS, ...) are golf-verify's
-    (verifier.rerun.SMOKE_OVERRIDES).
+    (verifier.rerun.SMOKE_OVERRIDES, the CPU harness's `tiny` profile).
     """
 
     name: str

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
@@ -158,13 +157,12 @@ def phase_batches(args, docs: list) -> list[list]:
     return [docs[i : i + size] for i in range(0, len(docs), size)]
 
 
-def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, log0, ledger=None) -> None:
+def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, log0) -> None:
     """One phase: SGD on the documents' tokens (concatenated), a cosine step per chunk, the last chunk skipped."""
     seq_len = args.train_seq_len
     if feature("eval_seq_len"):
         seq_len = args.eval_seq_len or seq_len
     tokens = torch.cat([val_tokens[lo : hi + 1] for lo, hi in docs])
-    where = torch.cat([torch.arange(lo, hi + 1) for lo, hi in docs])  # val position of each token
     chunk, n = args.global_ttt_chunk_tokens, tokens.numel() - 1
     chunks = (n + chunk - 1) // chunk
     params = list(model.parameters())
@@ -190,32 +188,12 @@ def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, lo
                 if args.global_ttt_grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.global_ttt_grad_clip)
                 opt.step()
-                if ledger is not None:
-                    ledger.step(position_runs(where[base + r0 * seq_len : base + r1 * seq_len + 1]))
     model.requires_grad_(False).eval()
 
 
-def position_runs(pos: Tensor) -> list[list[int]]:
-    """Contiguous [lo, hi) runs of a sequence of val positions (a ledger's token spans)."""
-    if pos.numel() == 0:
-        return []
-    cut = (torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist()
-    starts, ends = [0] + cut, cut + [pos.numel()]
-    return [[int(pos[s]), int(pos[e - 1]) + 1] for s, e in zip(starts, ends)]
-
-
-def sync_ledger_steps(ledger, device) -> None:
-    """Probe ledgers number collective steps alike on every rank: start a global phase at the max count."""
-    if ledger is not None and ledger.dir:
-        ledger.steps = int(all_reduce_(torch.tensor(ledger.steps, device=device),
-                                       op=dist.ReduceOp.MAX).item())
-
-
-def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, score_batch):
+def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log0, score_batch):
     """(val_loss, val_bpb) of phased TTT; `model` is the bare GPT (global phases change its weights).
     score_batch is ttt.lora_batch: score a batch of documents chunk by chunk, a step after each."""
-    if ledger is not None:
-        ledger.begin("ttt_phased")
     batches = phase_batches(args, document_spans(val_tokens))
     prefix = min(args.phased_ttt_prefix_docs, sum(len(b) for b in batches))
     bounds = [prefix * (k + 1) // args.phased_ttt_num_phases for k in range(args.phased_ttt_num_phases)]
@@ -236,7 +214,7 @@ def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log
                 adapters.reset(warm=args.ttt_warm_start_a)
             opt = torch.optim.AdamW(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
                                     eps=1e-10, weight_decay=args.ttt_weight_decay)
-            score_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+            score_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums)
         done += sum(len(b) for b in batches[r0 : r0 + world_size])
         while phase < len(bounds) and done >= bounds[phase]:
             # Every rank reaches this after the same round: the documents trained on are all scored.
@@ -245,8 +223,7 @@ def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log
             if adapters is not None:
                 adapters.remove()
             adapters = None
-            sync_ledger_steps(ledger, device)
-            global_sgd(args, model, scored, val_tokens, rank, world_size, device, log0, ledger)
+            global_sgd(args, model, scored, val_tokens, rank, world_size, device, log0)
             phase += 1
     if adapters is not None:
         adapters.remove()

@@ -23,7 +23,7 @@ from packager.runtime.data import DistributedTokenLoader, load_validation_tokens
 from packager.runtime.docattn import DocumentTokenLoader, check_document_attention
 from packager.hparams import Hyperparameters
 from packager.runtime.averaging import build_averager
-from packager.runtime.evaluate import Ledger, eval_sliding
+from packager.runtime.evaluate import eval_sliding
 from packager.runtime.features import HP, feature
 from packager.runtime.caseops import load_byte_sidecar
 from packager.runtime.evalonly import eval_only
@@ -287,20 +287,18 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
     """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
-    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    passes, paths = eval_pass_names(args), []
     if "roundtrip" in passes:
-        ledger.begin("roundtrip")
         paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
-            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts))))
     if feature("sliding"):
         if "sliding" in passes:
             paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-                args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+                args, model, rank, world_size, device, val_tokens, luts)), f" stride:{args.sliding_stride}"))
     if feature("ttt"):
         if "ttt" in passes:  # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
             paths.append(timed_eval(device, log0, lambda: eval_ttt(
-                args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+                args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     return paths
 
 

@@ -99,9 +99,9 @@ HPARAMS = (
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if feature("qat"):
         set_qat(model, args.ttt_qat)  # acts in training mode only: the TTT steps, never the scoring
     if feature("ttt_illegal"):
@@ -135,7 +135,7 @@ def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledg
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
 
-def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device, ledger=None) -> int:
+def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank, world_size, device) -> int:
     """Steps over the rows of targets [lo, hi), each on the mean gradient of all ranks' rows; returns the steps."""
     seq_len, step_rows = args.train_seq_len, args.ttt_batch_seqs * world_size
     for p in model.parameters():
@@ -155,12 +155,10 @@ def ttt_epoch(args, model, params: list, opt, val_tokens, lo: int, hi: int, rank
         if args.ttt_grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
         opt.step()
-        if ledger is not None:
-            ledger.step([(lo + r0 * seq_len, lo + r1 * seq_len + 1)])
     return len(range(0, (hi - lo) // seq_len, step_rows))
 
 
-def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk):
+def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, train_chunk):
     """Per chunk: score the windows starting in it, then train on it unless it is the last (train_chunk: steps)."""
     total, size = val_tokens.numel() - 1, args.ttt_chunk_tokens
     groups = [[] for _ in range((total + size - 1) // size)]
@@ -169,7 +167,7 @@ def score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     steps = 0
     for ci, wins in enumerate(rank_share(g, rank, world_size) for g in groups):
-        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, eval_window(args)[0], ledger)
+        score_windows(model, wins, val_tokens, luts, device, sums, args.ttt_batch_seqs, eval_window(args)[0])
         if ci < len(groups) - 1:
             steps += train_chunk(ci, len(groups), ci * size, min((ci + 1) * size, total))
     log0(f"ttt:{args.ttt_mode} chunks:{len(groups)} trained_chunks:{max(len(groups) - 1, 0)} steps:{steps}")
@@ -187,17 +185,15 @@ def cosine_lr(base: float, i: int, n: int, on: bool) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * i / max(n, 1))) if on else base
 
 
-def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_chunked(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Score-first chunk TTT: score a chunk's windows, then ttt_epochs SGD passes on it."""
-    if ledger is not None:
-        ledger.begin("ttt_chunked")
     params, opt = sgd_setup(args, model)
 
     def train_chunk(ci, chunks, lo, hi):
         opt.param_groups[0]["lr"] = cosine_lr(args.ttt_lr, ci, chunks - 1, args.ttt_cosine)
-        return sum(ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+        return sum(ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device)
                    for _ in range(args.ttt_epochs))
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, train_chunk)
 
 
 # Seed 000's selectors: phase 1 takes the parameters named like its norms and scales, phase 2 adds the last
@@ -233,10 +229,8 @@ def log_two_phase(args, model, log0) -> tuple[list, list]:
     return phase1, phase2
 
 
-def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Score-first two-phase TTT: per chunk, score it, then phase 1 (Adam) and phase 2 (SGD) on it."""
-    if ledger is not None:
-        ledger.begin("ttt_two_phase")
     phase1, phase2 = log_two_phase(args, model, log0)
 
     def train_chunk(ci, chunks, lo, hi):
@@ -246,12 +240,12 @@ def eval_ttt_two_phase(args, model, rank, world_size, device, val_tokens, luts, 
         for params, opt, epochs in two_phase_optimizers(args, phase1, phase2):
             for ep in range(epochs):
                 opt.param_groups[0]["lr"] = cosine_lr(opt.defaults["lr"], ep, epochs, args.ttt_cosine)
-                steps += ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device, ledger)
+                steps += ttt_epoch(args, model, params, opt, val_tokens, lo, hi, rank, world_size, device)
         return steps
-    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, train_chunk)
+    return score_first_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, train_chunk)
 
 
-def score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger):
+def score_after_training(args, model, rank, world_size, device, val_tokens, luts):
     """The sliding-window scores of a model already trained on the split (the illegal variants)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     if feature("sliding"):
@@ -259,15 +253,13 @@ def score_after_training(args, model, rank, world_size, device, val_tokens, luts
     else:
         batch = args.ttt_batch_seqs
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, batch, eval_window(args)[0], ledger)
+                  device, sums, batch, eval_window(args)[0])
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
 
-def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0):
     """ILLEGAL, seed 000 as submitted: both phases over random batches of all validation sequences, then scoring."""
-    if ledger is not None:
-        ledger.begin("ttt_two_phase_pre_eval")
     seq_len, batch = eval_window(args)[0], args.ttt_batch_seqs
     n_seqs, step_rows = (val_tokens.numel() - 1) // seq_len, batch * world_size
     usable = n_seqs // step_rows * step_rows or n_seqs
@@ -292,16 +284,12 @@ def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_token
                         p.grad = all_reduce_(p.grad) / world_size
                 opt.step()
                 steps += 1
-                if ledger is not None:
-                    ledger.step([(i * seq_len, (i + 1) * seq_len + 1) for i in perm[b0 : b0 + step_rows].tolist()])
     log0(f"ttt:two_phase_pre_eval epochs:{args.ttt_phase1_epochs}+{args.ttt_phase2_epochs} steps:{steps}")
-    return score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger)
+    return score_after_training(args, model, rank, world_size, device, val_tokens, luts)
 
 
-def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0):
     """ILLEGAL, seed 002's first version: AdamW epochs over every rank's contiguous share of the split, then scoring."""
-    if ledger is not None:
-        ledger.begin("ttt_pre_eval")
     mults = [(k, float(v)) for k, v in (g.split(":") for g in args.ttt_lr_groups.split(",") if g)]
     groups = {}  # LR multiplier -> parameters whose name matches first; AdamW without weight decay
     for name, p in model.named_parameters():
@@ -330,10 +318,8 @@ def eval_ttt_pre_eval(args, model, rank, world_size, device, val_tokens, luts, l
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.ttt_grad_clip)
             opt.step()
             step += 1
-            if ledger is not None:
-                ledger.step([(start, start + n * seq_len + 1)])
     log0(f"ttt:pre_eval epochs:{args.ttt_epochs} steps:{step}")
-    return score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger)
+    return score_after_training(args, model, rank, world_size, device, val_tokens, luts)
 
 
 class BatchedLoRA(nn.Module):
@@ -360,11 +346,9 @@ def check_lora_args(args) -> None:
         raise ValueError(f"TTT_CHUNK_LEN={args.ttt_chunk_len} must be at most the eval window {eval_window(args)[0]}")
 
 
-def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Per-document LoRA TTT on frozen weights; documents are split across ranks and batched, shortest first."""
     check_lora_args(args)
-    if ledger is not None:
-        ledger.begin("ttt_lora")
     targets = args.ttt_lora_targets.replace(" ", "").split(",")
     # Documents start at a BOS and also predict the next one's BOS, so they tile all targets.
     total, size = val_tokens.numel() - 1, args.ttt_chunk_len
@@ -384,7 +368,7 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
                 if layer is not None:
                     hooks.append(layer.register_forward_hook(lambda m, inp, out, ad=ad: out + ad(inp[0])))
         opt = torch.optim.Adam(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.beta1, args.beta2), eps=1e-10)
-        steps += lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+        steps += lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums)
         for h in hooks:
             h.remove()
     chunks = sum((hi - lo + size - 1) // size for lo, hi in docs)
@@ -394,7 +378,7 @@ def eval_ttt_lora(args, model, rank, world_size, device, val_tokens, luts, log0,
     return finish_scores(sums)
 
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums) -> int:
     """Per chunk: score it with the document's adapters, then one Adam step unless it is the document's last."""
     # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
@@ -405,7 +389,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
         scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
-        spans = []  # (row, first scored column, end column, window start, trains)
         first = torch.zeros(len(batch), dtype=torch.int64)  # position of each row's first target
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:
@@ -416,7 +399,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
                 x[b, : ce - ws], y[b, : ce - ws] = rows[:-1], rows[1:]
                 scored[b, cs - ws : ce - ws] = True
                 trained[b, cs - ws : ce - ws] = ci < n_chunks[b] - 1
-                spans.append((b, cs - ws, ce - ws, ws, ci < n_chunks[b] - 1))
         with torch.set_grad_enabled(bool(trained.any())), autocast_ctx(device):
             h = model.hidden(x)
             if head is None:
@@ -430,18 +412,11 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             sums[0] += nll[scored].double().sum()
             sums[1] += scored.sum()
             sums[2] += target_bytes(x, y, luts, first)[scored].double().sum()
-            if ledger is not None:
-                for b, c0, c1, ws, _ in spans:
-                    ledger.score(ws + c0 + 1, nll[b, c0:c1], logits[b, c0:c1])
         if trained.any():
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
             steps += 1
-            if ledger is not None:
-                # A document's adapters only ever score its own targets (tokens lo+1..hi).
-                done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
-                ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
     return steps
 
 
@@ -473,13 +448,11 @@ def lora_chunk_documents(args, val_tokens) -> list[tuple[int, int]]:
     return [(lo, hi - lo - 1) for lo, hi in zip(bos, ends) if hi - lo >= 5]
 
 
-def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Seed 003's LoRA TTT: adapters on every block's targets, reset per document; a document's chunks are each
     scored with only themselves as context, then (all but the last) train the adapters one Adam step. Documents
     shorter than ttt_min_doc_len are scored in one pass, before any adaptation."""
     check_lora_args(args)
-    if ledger is not None:
-        ledger.begin("ttt_lora_chunks")
     model.requires_grad_(False)
     adapters, hooks = [], []
     for block in model.blocks:
@@ -499,9 +472,6 @@ def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts
         with torch.no_grad():
             sums.add_(torch.stack([loss.double() * n, torch.tensor(n, device=device, dtype=torch.float64),
                                    target_bytes(ids[:, :-1], ids[:, 1:], luts, [first + 1]).double().sum()]))
-            if ledger is not None and ledger.dir:  # probe mode only: per-token scores
-                logits = model(ids[:, :-1])[0].float()
-                ledger.score(first + 1, F.cross_entropy(logits, ids[0, 1:], reduction="none"), logits)
         return loss
 
     for first, n in rank_share([d for d in docs if d[1] + 1 < args.ttt_min_doc_len], rank, world_size):
@@ -522,8 +492,6 @@ def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts
                 loss.backward()
                 opt.step()
                 counts[2] += 1
-                if ledger is not None:
-                    ledger.step([(first + c0, first + c1 + 1)], [(first + 1, first + n + 1)])
     documents, chunks, steps = all_reduce_(counts).tolist()
     log0(f"ttt:lora_chunks documents:{documents} chunks:{chunks} steps:{steps}")
     for h in hooks:

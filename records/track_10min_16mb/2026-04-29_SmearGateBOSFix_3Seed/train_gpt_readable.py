@@ -382,7 +382,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -406,10 +406,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                     docs = {"cu_seqlens": document_starts(raw[:-1].view(-1, seq_len), seq_len).to(device)}
                 with autocast_ctx(device):
                     batch_loss = model(x, y, **docs).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
@@ -1565,15 +1561,13 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
     """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
-    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    passes, paths = eval_pass_names(args), []
     if "roundtrip" in passes:
-        ledger.begin("roundtrip")
         paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
-            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts))))
     if "ttt" in passes:  # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
         paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+            args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     return paths
 
 def main() -> None:
@@ -1793,38 +1787,7 @@ def eval_only(args, model, base_model, rank, world_size, device, grad_accum_step
         dist.destroy_process_group()
 
 
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+# ---- Window-based final evaluation (sliding window) --------------------------------------------
 
 def eval_window(args) -> tuple[int, int]:
     """(window length, stride) of the final evaluations; ValueError naming EVAL_STRIDE when they cannot work."""
@@ -2120,12 +2083,11 @@ def phase_batches(args, docs: list) -> list[list]:
         return sorted(batches, key=lambda b: -max(hi - lo for lo, hi in b))
     return [docs[i : i + size] for i in range(0, len(docs), size)]
 
-def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, log0, ledger=None) -> None:
+def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, log0) -> None:
     """One phase: SGD on the documents' tokens (concatenated), a cosine step per chunk, the last chunk skipped."""
     seq_len = args.train_seq_len
     seq_len = args.eval_seq_len or seq_len
     tokens = torch.cat([val_tokens[lo : hi + 1] for lo, hi in docs])
-    where = torch.cat([torch.arange(lo, hi + 1) for lo, hi in docs])  # val position of each token
     chunk, n = args.global_ttt_chunk_tokens, tokens.numel() - 1
     chunks = (n + chunk - 1) // chunk
     params = list(model.parameters())
@@ -2151,29 +2113,11 @@ def global_sgd(args, model, docs: list, val_tokens, rank, world_size, device, lo
                 if args.global_ttt_grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, args.global_ttt_grad_clip)
                 opt.step()
-                if ledger is not None:
-                    ledger.step(position_runs(where[base + r0 * seq_len : base + r1 * seq_len + 1]))
     model.requires_grad_(False).eval()
 
-def position_runs(pos: Tensor) -> list[list[int]]:
-    """Contiguous [lo, hi) runs of a sequence of val positions (a ledger's token spans)."""
-    if pos.numel() == 0:
-        return []
-    cut = (torch.nonzero(pos[1:] != pos[:-1] + 1).flatten() + 1).tolist()
-    starts, ends = [0] + cut, cut + [pos.numel()]
-    return [[int(pos[s]), int(pos[e - 1]) + 1] for s, e in zip(starts, ends)]
-
-def sync_ledger_steps(ledger, device) -> None:
-    """Probe ledgers number collective steps alike on every rank: start a global phase at the max count."""
-    if ledger is not None and ledger.dir:
-        ledger.steps = int(all_reduce_(torch.tensor(ledger.steps, device=device),
-                                       op=dist.ReduceOp.MAX).item())
-
-def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log0, ledger, score_batch):
+def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log0, score_batch):
     """(val_loss, val_bpb) of phased TTT; `model` is the bare GPT (global phases change its weights).
     score_batch is ttt.lora_batch: score a batch of documents chunk by chunk, a step after each."""
-    if ledger is not None:
-        ledger.begin("ttt_phased")
     batches = phase_batches(args, document_spans(val_tokens))
     prefix = min(args.phased_ttt_prefix_docs, sum(len(b) for b in batches))
     bounds = [prefix * (k + 1) // args.phased_ttt_num_phases for k in range(args.phased_ttt_num_phases)]
@@ -2194,7 +2138,7 @@ def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log
                 adapters.reset(warm=args.ttt_warm_start_a)
             opt = torch.optim.AdamW(adapters.parameters(), lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
                                     eps=1e-10, weight_decay=args.ttt_weight_decay)
-            score_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger)
+            score_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums)
         done += sum(len(b) for b in batches[r0 : r0 + world_size])
         while phase < len(bounds) and done >= bounds[phase]:
             # Every rank reaches this after the same round: the documents trained on are all scored.
@@ -2203,8 +2147,7 @@ def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log
             if adapters is not None:
                 adapters.remove()
             adapters = None
-            sync_ledger_steps(ledger, device)
-            global_sgd(args, model, scored, val_tokens, rank, world_size, device, log0, ledger)
+            global_sgd(args, model, scored, val_tokens, rank, world_size, device, log0)
             phase += 1
     if adapters is not None:
         adapters.remove()
@@ -2214,14 +2157,14 @@ def eval_ttt_phased(args, model, rank, world_size, device, val_tokens, luts, log
 
 # ---- Test-time training (TTT) at final evaluation ----------------------------------------------
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if args.ttt_mode == "phased":
         return ("quantized_ttt_phased", *eval_ttt_phased(*run, lora_batch))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
 
-def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums, ledger) -> int:
+def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums) -> int:
     """Per chunk: score it with the document's adapters, then one Adam step unless it is the document's last."""
     # Windows never reach back before their document's start.
     size, seq_len = args.ttt_chunk_len, eval_window(args)[0]
@@ -2232,7 +2175,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
         x = torch.zeros(len(batch), min((ci + 1) * size, seq_len), dtype=torch.int64, device=device)
         y = torch.zeros_like(x)
         scored, trained = torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
-        spans = []  # (row, first scored column, end column, window start, trains)
         first = torch.zeros(len(batch), dtype=torch.int64)  # position of each row's first target
         for b, (lo, hi) in enumerate(batch):
             if ci < n_chunks[b]:
@@ -2243,7 +2185,6 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
                 x[b, : ce - ws], y[b, : ce - ws] = rows[:-1], rows[1:]
                 scored[b, cs - ws : ce - ws] = True
                 trained[b, cs - ws : ce - ws] = ci < n_chunks[b] - 1
-                spans.append((b, cs - ws, ce - ws, ws, ci < n_chunks[b] - 1))
         with torch.set_grad_enabled(bool(trained.any())), autocast_ctx(device):
             h = model.hidden(x)
             if head is None:
@@ -2257,18 +2198,11 @@ def lora_batch(args, model, adapters, opt, batch, val_tokens, luts, device, sums
             sums[0] += nll[scored].double().sum()
             sums[1] += scored.sum()
             sums[2] += target_bytes(x, y, luts, first)[scored].double().sum()
-            if ledger is not None:
-                for b, c0, c1, ws, _ in spans:
-                    ledger.score(ws + c0 + 1, nll[b, c0:c1], logits[b, c0:c1])
         if trained.any():
             opt.zero_grad(set_to_none=True)
             ((nll * trained).sum() / size).backward()
             opt.step()
             steps += 1
-            if ledger is not None:
-                # A document's adapters only ever score its own targets (tokens lo+1..hi).
-                done = [(ws, ws + c1 + 1, batch[b]) for b, _, c1, ws, trains in spans if trains]
-                ledger.step([d[:2] for d in done], [(lo + 1, hi + 1) for _, _, (lo, hi) in done])
     return steps
 
 if __name__ == "__main__":

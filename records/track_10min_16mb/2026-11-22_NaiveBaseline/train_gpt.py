@@ -300,7 +300,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -322,10 +322,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 docs = {}
                 with autocast_ctx(device):
                     batch_loss = model(x, y, **docs).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
@@ -990,12 +986,10 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
     """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
-    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    passes, paths = eval_pass_names(args), []
     if "roundtrip" in passes:
-        ledger.begin("roundtrip")
         paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
-            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
-    ledger.write()
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts))))
     return paths
 
 def main() -> None:
@@ -1098,40 +1092,6 @@ def main() -> None:
 def build_averager(args, model):
     """The averager the recipe asks for (EMA wins over SWA, as in the records), or None."""
     return None
-
-
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
 
 if __name__ == "__main__":
     main()

@@ -352,7 +352,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -374,10 +374,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 docs = {}
                 with autocast_ctx(device):
                     batch_loss = model(x, y, **docs).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
@@ -1306,18 +1302,16 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
     """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
-    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    passes, paths = eval_pass_names(args), []
     if "roundtrip" in passes:
-        ledger.begin("roundtrip")
         paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
-            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts))))
     if "sliding" in passes:
         paths.append(timed_eval(device, log0, lambda: ("final_sliding_window", *eval_sliding(
-            args, model, rank, world_size, device, val_tokens, luts, ledger)), f" stride:{args.sliding_stride}"))
+            args, model, rank, world_size, device, val_tokens, luts)), f" stride:{args.sliding_stride}"))
     if "ttt" in passes:  # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
         paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+            args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     return paths
 
 def main() -> None:
@@ -1450,38 +1444,7 @@ def build_averager(args, model):
     return SwaAverager(args, model) if args.swa_every > 0 else None
 
 
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+# ---- Window-based final evaluation (sliding window) --------------------------------------------
 
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
@@ -1505,7 +1468,7 @@ def eval_windows(args, total: int) -> list[tuple[int, int, int]]:
     return [(0, 0, ends[0])] + [(end - seq_len, prev, end) for prev, end in zip(ends, ends[1:])]
 
 def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, batch: int, width: int,
-                  ledger=None, doc_len: int = 0) -> None:
+                  doc_len: int = 0) -> None:
     """Add (NLL sum, tokens, bytes) of the scored spans of `wins` to the float64 `sums`; leaves `model` in eval mode.
 
     Rows are `width` tokens (shorter windows padded after their end, as the records do: causal attention keeps
@@ -1529,18 +1492,13 @@ def score_windows(model, wins: list, val_tokens, luts, device, sums: Tensor, bat
             sums[0] += nll[mask].double().sum()
             sums[1] += mask.sum()
             sums[2] += target_bytes(x, y, luts, [s + 1 for s, _, _ in part])[mask].double().sum()
-        if ledger is not None:
-            for j, (s, a, e) in enumerate(part):
-                ledger.score(a + 1, nll[j, a - s : e - s], logits[j, a - s : e - s])
 
-def eval_sliding(args, model, rank, world_size, device, val_tokens, luts, ledger=None) -> tuple[float, float]:
+def eval_sliding(args, model, rank, world_size, device, val_tokens, luts) -> tuple[float, float]:
     """(val_loss, val_bpb) with every token scored once by a window ending just after it."""
-    if ledger is not None:
-        ledger.begin("sliding")
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     doc_len = 0
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, args.eval_batch_seqs, eval_window(args)[0], ledger, doc_len)
+                  device, sums, args.eval_batch_seqs, eval_window(args)[0], doc_len)
     model.train()
     return finish_scores(sums)
 
@@ -1595,9 +1553,9 @@ def set_qat(model, on: bool) -> None:
 
 # ---- Test-time training (TTT) at final evaluation ----------------------------------------------
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     set_qat(model, args.ttt_qat)  # acts in training mode only: the TTT steps, never the scoring
     if args.ttt_mode in ("pre_eval", "two_phase_pre_eval"):
         if not args.ttt_allow_illegal:
@@ -1641,19 +1599,17 @@ def log_two_phase(args, model, log0) -> tuple[list, list]:
          f"{len(phase2)} params:{sum(p.numel() for p in phase2)} last_blocks:{args.ttt_phase2_last_k} head:{head}")
     return phase1, phase2
 
-def score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger):
+def score_after_training(args, model, rank, world_size, device, val_tokens, luts):
     """The sliding-window scores of a model already trained on the split (the illegal variants)."""
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     batch = args.eval_batch_seqs  # the records score with their sliding evaluation
     score_windows(model, rank_share(eval_windows(args, val_tokens.numel() - 1), rank, world_size), val_tokens, luts,
-                  device, sums, batch, eval_window(args)[0], ledger)
+                  device, sums, batch, eval_window(args)[0])
     model.requires_grad_(True).train()
     return finish_scores(sums)
 
-def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_tokens, luts, log0):
     """ILLEGAL, seed 000 as submitted: both phases over random batches of all validation sequences, then scoring."""
-    if ledger is not None:
-        ledger.begin("ttt_two_phase_pre_eval")
     seq_len, batch = eval_window(args)[0], args.ttt_batch_seqs
     n_seqs, step_rows = (val_tokens.numel() - 1) // seq_len, batch * world_size
     usable = n_seqs // step_rows * step_rows or n_seqs
@@ -1678,10 +1634,8 @@ def eval_ttt_two_phase_pre_eval(args, model, rank, world_size, device, val_token
                         p.grad = all_reduce_(p.grad) / world_size
                 opt.step()
                 steps += 1
-                if ledger is not None:
-                    ledger.step([(i * seq_len, (i + 1) * seq_len + 1) for i in perm[b0 : b0 + step_rows].tolist()])
     log0(f"ttt:two_phase_pre_eval epochs:{args.ttt_phase1_epochs}+{args.ttt_phase2_epochs} steps:{steps}")
-    return score_after_training(args, model, rank, world_size, device, val_tokens, luts, ledger)
+    return score_after_training(args, model, rank, world_size, device, val_tokens, luts)
 
 if __name__ == "__main__":
     main()

@@ -327,7 +327,7 @@ def finish_scores(sums: Tensor) -> tuple[float, float]:
     return loss / tokens, bits_per_byte(loss, tokens, nbytes)
 
 def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.device, grad_accum_steps: int,
-             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor], ledger=None) -> tuple[float, float]:
+             val_tokens: Tensor, luts: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """(val_loss in nats per token, val_bpb) over all of `val_tokens`; `model(x, y)` returns the mean cross-entropy."""
     # Each rank scores a contiguous slice of whole sequences; the float64 sums are all-reduced, so
     # the result does not depend on the number of ranks beyond rounding.
@@ -349,10 +349,6 @@ def eval_val(args, model: nn.Module, rank: int, world_size: int, device: torch.d
                 docs = {}
                 with autocast_ctx(device):
                     batch_loss = model(x, y, **docs).detach()
-                if ledger is not None and ledger.dir:
-                    # Probe mode only: per-token scores for golf-verify's legality probes.
-                    logits = model(x, **docs).reshape(-1, args.vocab_size).float()
-                    ledger.score(start * seq_len + 1, F.cross_entropy(logits, y.reshape(-1), reduction="none"), logits)
                 sums[0] += batch_loss.to(torch.float64) * y.numel()
                 sums[1] += y.numel()
                 sums[2] += target_bytes(x.reshape(-1), y.reshape(-1), luts, start * seq_len + 1).to(torch.float64).sum()
@@ -1163,15 +1159,13 @@ def timed_eval(device, log0, fn, extra: str = "") -> tuple[str, float, float, fl
 
 def final_scores(args, model, base_model, rank, world_size, device, grad_accum_steps, val_tokens, luts, log0):
     """The recipe's eval passes (eval.passes) on the loaded weights, in order: [(name, loss, bpb, ms)]."""
-    passes, ledger, paths = eval_pass_names(args), Ledger(rank, val_tokens.numel()), []
+    passes, paths = eval_pass_names(args), []
     if "roundtrip" in passes:
-        ledger.begin("roundtrip")
         paths.append(timed_eval(device, log0, lambda: (f"final_{export_label(args)[1]}_roundtrip", *eval_val(
-            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts, ledger))))
+            args, model, rank, world_size, device, grad_accum_steps, val_tokens, luts))))
     if "ttt" in passes:  # TTT adapts the bare module: LoRA hooks its layers and it toggles requires_grad.
         paths.append(timed_eval(device, log0, lambda: eval_ttt(
-            args, base_model, rank, world_size, device, val_tokens, luts, log0, ledger)))
-    ledger.write()
+            args, base_model, rank, world_size, device, val_tokens, luts, log0)))
     return paths
 
 def main() -> None:
@@ -1301,38 +1295,7 @@ def build_averager(args, model):
     return SwaAverager(args, model) if args.swa_every > 0 else None
 
 
-# ---- Window-based final evaluation (sliding window) and the probe ledger -----------------------
-
-class Ledger:
-    """Probe record (only if GOLF_PROBE_DIR is set): every score and TTT update in order, log-probs at fixed tokens."""
-
-    def __init__(self, rank: int, num_tokens: int):
-        self.dir, self.rank, self.runs, self.steps = os.environ.get("GOLF_PROBE_DIR"), rank, [], 0
-        n = int(os.environ.get("GOLF_PROBE_SAMPLES", "4"))
-        self.samples = sorted({1 + (2 * i + 1) * (num_tokens - 1) // (2 * n) for i in range(n)})
-
-    def begin(self, name: str) -> None:
-        if self.dir:
-            self.runs.append({"name": name, "events": [], "logprobs": {}})
-
-    def score(self, first: int, nll: Tensor, logits: Tensor) -> None:
-        if self.dir:  # tokens first.. were scored with these NLLs, from these logits rows
-            run, end = self.runs[-1], first + nll.numel()
-            run["events"].append({"score": [first, end], "nll": nll.double().tolist()})
-            for t in (t for t in self.samples if first <= t < end):
-                run["logprobs"][str(t)] = F.log_softmax(logits[t - first].double(), -1).tolist()
-
-    def step(self, spans: list, scopes: list | None = None) -> None:
-        # An update whose loss read tokens [lo, hi) of each span; span i only reaches scores in scopes[i] (None: all).
-        if self.dir:
-            self.steps += 1
-            self.runs[-1]["events"].append({"step": self.steps, "tokens": spans, "scope": scopes})
-
-    def write(self) -> None:
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(os.path.join(self.dir, f"ledger_rank{self.rank}.json"), "w") as f:
-                json.dump({"rank": self.rank, "samples": self.samples, "runs": self.runs}, f)
+# ---- Window-based final evaluation (sliding window) --------------------------------------------
 
 def rank_share(items: list, rank: int, world_size: int) -> list:
     return items[len(items) * rank // world_size : len(items) * (rank + 1) // world_size]
@@ -1350,9 +1313,9 @@ def eval_window(args) -> tuple[int, int]:
 
 LORA_LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.proj", "fc": "mlp.fc", "proj": "mlp.proj"}
 
-def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None) -> tuple[str, float, float]:
+def eval_ttt(args, model, rank, world_size, device, val_tokens, luts, log0) -> tuple[str, float, float]:
     """(log label, val_loss, val_bpb) of the recipe's TTT mode, run on the bare (uncompiled) GPT."""
-    run = (args, model, rank, world_size, device, val_tokens, luts, log0, ledger)
+    run = (args, model, rank, world_size, device, val_tokens, luts, log0)
     if args.ttt_mode == "lora_chunks":
         return ("final_ttt", *eval_ttt_lora_chunks(*run))
     raise ValueError(f"TTT_MODE={args.ttt_mode!r} is not built into this script")
@@ -1392,13 +1355,11 @@ def lora_chunk_documents(args, val_tokens) -> list[tuple[int, int]]:
     ends = bos[1:] + [val_tokens.numel()]  # seed 003: BOS to the next BOS, which is not predicted; < 5 tokens: none
     return [(lo, hi - lo - 1) for lo, hi in zip(bos, ends) if hi - lo >= 5]
 
-def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts, log0, ledger=None):
+def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts, log0):
     """Seed 003's LoRA TTT: adapters on every block's targets, reset per document; a document's chunks are each
     scored with only themselves as context, then (all but the last) train the adapters one Adam step. Documents
     shorter than ttt_min_doc_len are scored in one pass, before any adaptation."""
     check_lora_args(args)
-    if ledger is not None:
-        ledger.begin("ttt_lora_chunks")
     model.requires_grad_(False)
     adapters, hooks = [], []
     for block in model.blocks:
@@ -1418,9 +1379,6 @@ def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts
         with torch.no_grad():
             sums.add_(torch.stack([loss.double() * n, torch.tensor(n, device=device, dtype=torch.float64),
                                    target_bytes(ids[:, :-1], ids[:, 1:], luts, [first + 1]).double().sum()]))
-            if ledger is not None and ledger.dir:  # probe mode only: per-token scores
-                logits = model(ids[:, :-1])[0].float()
-                ledger.score(first + 1, F.cross_entropy(logits, ids[0, 1:], reduction="none"), logits)
         return loss
 
     for first, n in rank_share([d for d in docs if d[1] + 1 < args.ttt_min_doc_len], rank, world_size):
@@ -1441,8 +1399,6 @@ def eval_ttt_lora_chunks(args, model, rank, world_size, device, val_tokens, luts
                 loss.backward()
                 opt.step()
                 counts[2] += 1
-                if ledger is not None:
-                    ledger.step([(first + c0, first + c1 + 1)], [(first + 1, first + n + 1)])
     documents, chunks, steps = all_reduce_(counts).tolist()
     log0(f"ttt:lora_chunks documents:{documents} chunks:{chunks} steps:{steps}")
     for h in hooks:

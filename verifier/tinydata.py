@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from packager.errors import UserError
+from verifier.errors import UserError
 
 MARKER_NAME = "golf_tiny_dataset.json"
 MARKER_KIND = "golf-data tiny"
