@@ -31,13 +31,19 @@ def wrap_xz_b64(source: str) -> str:
     return f"import lzma, base64\nexec(lzma.decompress(base64.b64decode('{blob}')).decode())\n"
 
 
+def wrap_lzma_alone_b85(source: str) -> str:
+    """The .lzma ("alone") container that lzma.decompress recognises by itself (golf-pack's wrapper)."""
+    blob = lzma.compress(source.encode(), format=lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1, "pb": 0}])
+    return f'import lzma as L,base64 as B\nexec(compile(L.decompress(B.b85decode("{base64.b85encode(blob).decode()}")),"t.py","exec"))\n'
+
+
 def wrap_zlib_b85(source: str) -> str:
     blob = base64.b85encode(zlib.compress(source.encode())).decode()
     return f"import zlib, base64\nexec(zlib.decompress(base64.b85decode('{blob}')))\n"
 
 
 @pytest.mark.parametrize("wrapper,kind", [(wrap_lzma_raw_b85, "lzma_b85"), (wrap_xz_b64, "lzma_b64"),
-                                          (wrap_zlib_b85, "zlib_b85")])
+                                          (wrap_lzma_alone_b85, "lzma_b85"), (wrap_zlib_b85, "zlib_b85")])
 def test_unwrap_counts_the_payload_without_running_it(tmp_path, wrapper, kind):
     marker = tmp_path / "ran.txt"
     source = payload_source(marker, lines=1700)
