@@ -9,6 +9,10 @@ levels. Sizes are not data: `len(x)`, `x.numel()`, `torch.zeros(n)` and the like
 so a loop bound derived from the validation length does not taint what the loop computes.
 Variables are tracked per definition (the definitions that reach each use, loops and branches
 included), so `x, y` reused in `main` for training batches and for validation windows stay apart.
+Tuples, lists and dicts whose elements are known keep their labels element by element, through
+unpacking, constant subscripts and return values (`train, val = load_splits()`, `files["val"]` of
+`{s: glob(f"..{s}..") for s in ("train", "val")}`), and a lambda stored in a variable or a literal
+container takes the arguments of the calls made through it (`passes[name](model, tokens)`).
 
 One traversal of the tree records, per function, a compact form of every definition, call,
 `backward()`, accumulation (`loss_sum += ...`) and its position (the chain of enclosing blocks);
@@ -21,8 +25,10 @@ the fixed points below run on those records, never on the tree again:
    `inference_mode`) or train on it (`backward()`), through any number of call levels.
 
 `Program.val_training()` then lists every `backward()` on validation data with whether a scoring
-of validation data precedes it in the same loop iteration (score-first, at any call level) and
-what it looks like (pre-eval TTT, SLOT, compile warm-up). Nothing in the script is executed.
+of validation data precedes it in the same loop iteration (score-first, at any call level; a scoring
+that ends where the trained slice begins, `score(toks, lo, hi)` then `train(toks[hi:])`, scored the
+chunk before and does not count) and what it looks like (pre-eval TTT, SLOT, compile warm-up).
+Nothing in the script is executed.
 """
 
 from __future__ import annotations
@@ -64,12 +70,14 @@ OPTIMIZERS = frozenset({"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", 
 
 
 class Def:
-    """One definition of a variable: what its value is made of, and (after the fixed point) its labels."""
+    """One definition of a variable: what its value is made of, and (after the fixed point) its labels;
+    `keyed`: the labels of each element (key -> labels) when the value is a tuple or dict whose elements
+    are known (`train, val = load_splits()`, `files = {s: glob(...) for s in SPLITS}`), else None."""
 
-    __slots__ = ("dep", "labels", "line", "name", "src")
+    __slots__ = ("dep", "labels", "line", "name", "src", "keyed")
 
     def __init__(self, name: str, dep, line: int, labels: int = 0, src=None):
-        self.name, self.dep, self.line, self.labels, self.src = name, dep, line, labels, src
+        self.name, self.dep, self.line, self.labels, self.src, self.keyed = name, dep, line, labels, src, None
 
 
 class Use:
@@ -83,12 +91,15 @@ class Use:
 
 class Dep:
     """What an expression's value is made of: constant labels, variable uses, attributes, calls,
-    and table lookups (whose index decides whether the value is a target-keyed count)."""
+    table lookups (whose index decides whether the value is a target-keyed count), element reads
+    (`elems`: (container Dep, constant key) of `x[1]`, `files["val"]`, `a, b = f()`) and, for a literal
+    tuple, list or dict, its elements by key (`items`; the other fields hold all of them merged)."""
 
-    __slots__ = ("const", "uses", "attrs", "calls", "lookups")
+    __slots__ = ("const", "uses", "attrs", "calls", "lookups", "elems", "items")
 
-    def __init__(self, const=0, uses=(), attrs=(), calls=(), lookups=()):
+    def __init__(self, const=0, uses=(), attrs=(), calls=(), lookups=(), elems=(), items=None):
         self.const, self.uses, self.attrs, self.calls, self.lookups = const, uses, attrs, calls, lookups
+        self.elems, self.items = elems, items
 
 
 EMPTY = Dep()
@@ -101,7 +112,7 @@ def _merge2(a: Dep, b: Dep) -> Dep:
     if a is EMPTY:
         return b
     return Dep(a.const | b.const, a.uses + b.uses, a.attrs + b.attrs if b.attrs else a.attrs, a.calls + b.calls,
-               a.lookups + b.lookups)
+               a.lookups + b.lookups, a.elems + b.elems)
 
 
 def _merge(deps) -> Dep:
@@ -110,14 +121,29 @@ def _merge(deps) -> Dep:
         return EMPTY
     if len(deps) == 1:
         return deps[0]
-    const, uses, attrs, calls, lookups = 0, [], [], [], []
+    const, uses, attrs, calls, lookups, elems = 0, [], [], [], [], []
     for d in deps:
         const |= d.const
         uses.extend(d.uses)
         attrs.extend(d.attrs)
         calls.extend(d.calls)
         lookups.extend(d.lookups)
-    return Dep(const, tuple(uses), tuple(set(attrs)), tuple(calls), tuple(lookups))
+        elems.extend(d.elems)
+    return Dep(const, tuple(uses), tuple(set(attrs)), tuple(calls), tuple(lookups), tuple(elems))
+
+
+def _structured(items: dict) -> Dep:
+    """A literal container: its elements merged, and kept by key."""
+    m = _merge(items.values())
+    return Dep(m.const, m.uses, m.attrs, m.calls, m.lookups, m.elems, items)
+
+
+def _element(dep: Dep, key) -> Dep:
+    """`dep[key]` for a constant key: the element itself when the container is a literal, else a read
+    that the fixed point resolves through definitions and return values (Program.keyed_labels)."""
+    if dep.items is not None:
+        return dep.items.get(key, EMPTY)
+    return EMPTY if dep is EMPTY else Dep(elems=((dep, key),))
 
 
 @dataclass(eq=False)
@@ -179,6 +205,7 @@ class Func:
     globals_: set = field(default_factory=set)
     decorated_nograd: bool = False
     ret: int = 0
+    ret_keyed: dict | None = None  # labels of each element when every return value is a known container
     callers: list = field(default_factory=list)
     acc_ng: int = 0
     acc_any: int = 0
@@ -338,6 +365,29 @@ def _is_leaf(value, consts: dict) -> bool:
     return any(kw.arg == "requires_grad" and _is_true(kw.value, consts) for kw in value.keywords)
 
 
+def _constant_seq(node, const_seqs: dict) -> list | None:
+    """The strings of a literal tuple or list of string constants, or of a module constant naming one."""
+    if isinstance(node, ast.Name):
+        return const_seqs.get(node.id)
+    if isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return [e.value for e in node.elts]
+    return None
+
+
+def _names_val(node, var: str, value: str) -> bool:
+    """An f-string in the expression names the validation files once `var` is `value`
+    (`f"{path}/fineweb_{split}_*.bin"` with split = "val"; verifier.pysource reads an f-string as the
+    tuple of its parts)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Tuple):
+            text = "".join(p.value if isinstance(p, ast.Constant) and isinstance(p.value, str) else
+                           value if isinstance(p, ast.Name) and p.id == var else "" for p in n.elts)
+            if VAL_FILES.search(text):
+                return True
+    return False
+
+
 def _join(a: dict, b: dict) -> dict:
     if a is b:
         return dict(a)
@@ -393,10 +443,12 @@ class _Builder:
         return state
 
     def module(self, tree: ast.Module) -> None:
-        for st in tree.body:  # minified aliases: _A=None;_B=True;_C=False
-            if (isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name)
-                    and isinstance(st.value, ast.Constant)):
-                self.prog.consts[st.targets[0].id] = st.value.value
+        for st in tree.body:  # minified aliases: _A=None;_B=True;_C=False; SPLITS = ("train", "val")
+            if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+                if isinstance(st.value, ast.Constant):
+                    self.prog.consts[st.targets[0].id] = st.value.value
+                elif (names := _constant_seq(st.value, {})) is not None:
+                    self.prog.const_seqs[st.targets[0].id] = names
         mod = self.new_func(tree, "<module>", None, None)
         self.prog.module = mod
         self.run(tree.body, mod, tree)
@@ -578,8 +630,9 @@ class _Builder:
             if isinstance(st, (ast.Assign, ast.AnnAssign)) and _is_leaf(st.value, self.prog.consts):
                 f.leaves.add(node.id)
         elif t in (ast.Tuple, ast.List):
-            for elt in node.elts:
-                self.target(elt, dep, ctx, chain, nograd, st)
+            starred = any(isinstance(elt, ast.Starred) for elt in node.elts)
+            for i, elt in enumerate(node.elts):
+                self.target(elt, dep if starred else _element(dep, i), ctx, chain, nograd, st)
         elif t is ast.Starred:
             self.target(node.value, dep, ctx, chain, nograd, st)
         elif t is ast.Attribute:
@@ -617,11 +670,13 @@ class _Builder:
             base = self.expr(node.value, ctx, chain, nograd)
             if node.attr in SHAPE_ATTRS:
                 return EMPTY
-            return Dep(base.const, base.uses, base.attrs + (node.attr,), base.calls, base.lookups)
+            return Dep(base.const, base.uses, base.attrs + (node.attr,), base.calls, base.lookups, base.elems)
         if t is ast.Call:
             return self.call(node, ctx, chain, nograd)
         if t is ast.Subscript:
             index = self.expr(node.slice, ctx, chain, nograd)
+            if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, (int, str)) and not store:
+                return _element(self.expr(node.value, ctx, chain, nograd), node.slice.value)
             dep = _merge2(self.expr(node.value, ctx, chain, nograd), index)
             if not store and index is not EMPTY:
                 ctx.f.lookups.append(Site(ctx.f, node, index, chain, nograd, node.lineno))
@@ -646,22 +701,22 @@ class _Builder:
             for c in node.comparators:
                 self.expr(c, ctx, chain, nograd)
             return EMPTY
+        if t in (ast.Tuple, ast.List) and not any(isinstance(e, ast.Starred) for e in node.elts):
+            return _structured({i: self.expr(e, ctx, chain, nograd) for i, e in enumerate(node.elts)})
+        if t is ast.Dict and all(isinstance(k, ast.Constant) for k in node.keys):
+            return _structured({k.value: self.expr(v, ctx, chain, nograd) for k, v in zip(node.keys, node.values)})
         if t in (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp):
-            for gen in node.generators:
-                it = self.expr(gen.iter, ctx, chain, nograd)
-                self.target(gen.target, it, ctx, chain, nograd, node)
-                for cond in gen.ifs:
-                    self.expr(cond, ctx, chain, nograd)
-            if t is ast.DictComp:
-                return _merge([self.expr(node.key, ctx, chain, nograd), self.expr(node.value, ctx, chain, nograd)])
-            return self.expr(node.elt, ctx, chain, nograd)
+            return self.comprehension(node, ctx, chain, nograd)
         if t is ast.Lambda:
-            # read as if the body ran where the lambda is written (timed_eval(lambda: eval_ttt(...)))
+            # read as if the body ran where the lambda is written (timed_eval(lambda: eval_ttt(...))); its
+            # parameters take the arguments of the calls through the container it is stored in (call_stored)
             saved = ctx.state
             ctx.state = dict(saved)
             a = node.args
+            params = self.prog.lambda_params[id(node)] = []
             for arg in list(getattr(a, "posonlyargs", [])) + list(a.args) + list(a.kwonlyargs):
-                ctx.state[arg.arg] = (self.define(ctx.f, arg.arg, EMPTY, node.lineno),)
+                params.append(self.define(ctx.f, arg.arg, EMPTY, node.lineno))
+                ctx.state[arg.arg] = (params[-1],)
             dep = self.expr(node.body, ctx, chain, nograd)
             ctx.state = saved
             return dep
@@ -675,6 +730,43 @@ class _Builder:
         return _merge([self.expr(child, ctx, chain, nograd) for child in ast.iter_child_nodes(node)
                        if isinstance(child, ast.expr)])
 
+    def comprehension(self, node, ctx: "_Ctx", chain, nograd) -> Dep:
+        """A comprehension; over a literal sequence of names (`{s: glob(f"..{s}..") for s in ("train",
+        "val")}`) it is a container whose element for each name holds what that name makes of it."""
+        for gen in node.generators:
+            it = self.expr(gen.iter, ctx, chain, nograd)
+            self.target(gen.target, it, ctx, chain, nograd, node)
+            for cond in gen.ifs:
+                self.expr(cond, ctx, chain, nograd)
+        dict_comp = isinstance(node, ast.DictComp)
+        value = node.value if dict_comp else node.elt
+        dep = self.expr(value, ctx, chain, nograd)
+        if dict_comp:
+            dep = _merge2(self.expr(node.key, ctx, chain, nograd), dep)
+        gen = node.generators[0]
+        names = _constant_seq(gen.iter, self.prog.const_seqs)
+        if not names or len(node.generators) > 1 or gen.ifs or not isinstance(gen.target, ast.Name):
+            return dep
+        var = gen.target.id
+        if dict_comp and _name_of(node.key) != var:
+            return dep
+        return _structured({name if dict_comp else i: _merge2(dep, Dep(V) if _names_val(value, var, name) else EMPTY)
+                            for i, name in enumerate(names)})
+
+    def call_stored(self, func, args: list, ctx: "_Ctx") -> None:
+        """`passes[name](model, tokens)`, `fn(model, tokens)`: the lambdas stored in the variable (or in the
+        literal container assigned to it) take these arguments as their parameters."""
+        while isinstance(func, ast.Subscript):
+            func = func.value
+        if not isinstance(func, ast.Name):
+            return
+        for d in ctx.state.get(func.id, ()):
+            value = getattr(d.src, "value", None)
+            stored = [value] if isinstance(value, ast.Lambda) else getattr(value, "values", getattr(value, "elts", []))
+            for lam in stored:
+                for param, arg in zip(self.prog.lambda_params.get(id(lam), ()), args):
+                    param.dep = _merge2(param.dep, arg)
+
     def call(self, node: ast.Call, ctx: "_Ctx", chain, nograd) -> Dep:
         f = ctx.f
         func = node.func
@@ -684,6 +776,8 @@ class _Builder:
         if not method and not isinstance(func, ast.Name):
             self.expr(func, ctx, chain, nograd)
         args = [self.expr(a, ctx, chain, nograd) for a in node.args]
+        if not method:
+            self.call_stored(func, args, ctx)
         kwargs = {kw.arg: self.expr(kw.value, ctx, chain, nograd) for kw in node.keywords}
         star = next((i for i, a in enumerate(node.args) if isinstance(a, ast.Starred)), -1)
         site = CallSite(f, node, name, method, recv, args, kwargs, chain, nograd, node.lineno, star=star)
@@ -733,6 +827,8 @@ class Program:
         self.module: Func | None = None
         self.tainted_attrs: set[str] = set()
         self.consts: dict = {}
+        self.const_seqs: dict = {}  # module-level tuples of string constants: SPLITS = ("train", "val")
+        self.lambda_params: dict = {}  # id(lambda node) -> the Defs of its parameters
         self._training: list | None = None
         self.problem: str | None = None
         self.problem_line: int | None = None
@@ -768,7 +864,41 @@ class Program:
         for site in dep.lookups:
             if self.labels(site.dep, site.func) & K:
                 m |= P
+        for base, key in dep.elems:
+            keyed = self.keyed_labels(base, f)
+            m |= self.labels(base, f) if keyed is None else keyed.get(key, 0)
         return m
+
+    def keyed_labels(self, dep: Dep, f: Func) -> dict | None:
+        """The labels of each element of a container value (key -> labels): a literal, a variable whose
+        every definition is one, or a call whose every callee returns one; None when unknown."""
+        if dep.items is not None:
+            return {k: self.labels(v, f) for k, v in dep.items.items()}
+        if dep.const or dep.attrs or dep.lookups or dep.elems or len(dep.uses) + len(dep.calls) != 1:
+            return None
+        if dep.uses:
+            parts = [d.keyed for d in dep.uses[0].defs]
+        else:
+            c = dep.calls[0]
+            parts = [None if g.ret_keyed is None else {k: self.instantiate(c, g, m, f) for k, m in g.ret_keyed.items()}
+                     for g in c.targets] or [None]
+        if any(p is None for p in parts):
+            return None
+        return _union(parts)
+
+    def fix_shapes(self) -> None:
+        """Which definitions and return values are containers with known elements, decided before the
+        labels so that an element read never starts from the whole container's labels."""
+        for _ in range(5):
+            changed = False
+            for f in self.funcs:
+                for d in f.defs:
+                    if d.keyed is None and d.dep is not EMPTY and self.keyed_labels(d.dep, f) is not None:
+                        d.keyed, changed = {}, True
+                if f.ret_keyed is None and f.returns and all(self.keyed_labels(r, f) is not None for r in f.returns):
+                    f.ret_keyed, changed = {}, True
+            if not changed:
+                return
 
     def call_labels(self, c: CallSite, f: Func) -> int:
         if not c.targets:
@@ -908,6 +1038,10 @@ class Program:
                     if m != d.labels:
                         d.labels = m
                         moved = True
+                    if d.keyed is not None:
+                        keyed = _union([d.keyed, self.keyed_labels(d.dep, f) or {}])
+                        if keyed != d.keyed:
+                            d.keyed, moved = keyed, True
                 if not moved:
                     break
                 grew = True
@@ -920,8 +1054,11 @@ class Program:
             ret = 0
             for dep in f.returns:
                 ret |= self.labels(dep, f)
-            if ret != f.ret:
-                f.ret = ret
+            keyed = f.ret_keyed
+            if keyed is not None:
+                keyed = _union([keyed] + [self.keyed_labels(r, f) or {} for r in f.returns])
+            if ret != f.ret or keyed != f.ret_keyed:
+                f.ret, f.ret_keyed = ret, keyed
                 push({c.func for c in f.callers})
 
     def fix_contexts(self) -> None:
@@ -1067,14 +1204,15 @@ class Program:
                 mask = self.labels(b.dep, f)
                 if not self.is_val(f, mask):
                     continue
-                verdict, path, gates = self._scored_first(f, b.chain, mask, frozenset(), [f.name])
+                verdict, path, gates = self._scored_first(f, b.chain, mask, frozenset(), [f.name], None)
                 out.append(TrainSite(f, b.line, self._kind(f, b), verdict, self._epochs_on_path(b.chain, path),
                                      self._causal_hint(f, b), gates, path, self.gates(f, b.chain)))
         return out
 
-    def _scored_first(self, f: Func, chain: tuple, mask: int, seen: frozenset, path: list):
+    def _scored_first(self, f: Func, chain: tuple, mask: int, seen: frozenset, path: list, via: CallSite | None):
         """(True/False/None, path, gate names): whether every way of reaching this point with
-        validation data scores validation data earlier in the same loop iteration. None: never
+        validation data scores validation data earlier in the same loop iteration (`via`: the call
+        that trains, whose slice must not begin where a scoring before it ends). None: never
         reached with validation data (the function is not called with it)."""
         scoring = self.scoring_statements(f)
         gates = self.gates(f, chain)
@@ -1083,7 +1221,7 @@ class Program:
             _, block, idx = chain[k]
             if any(id(block[j]) in scoring for j in range(idx)):
                 if any(isinstance(owner, LOOPS) for owner, _, _ in chain[:k + 1]):
-                    return True, path, gates
+                    return not self._trains_ahead(f, via, block, idx, k), path, gates
                 straight = True
         if f.name == "<module>":
             return straight, path, gates
@@ -1098,13 +1236,40 @@ class Program:
             if straight:
                 results.append((self._called_in_loop(c, seen | {f}), path + [c.func.name], self.gates(c.func, c.chain)))
             else:
-                results.append(self._scored_first(c.func, c.chain, m, seen | {f}, path + [c.func.name]))
+                results.append(self._scored_first(c.func, c.chain, m, seen | {f}, path + [c.func.name], c))
         decided = [r for r in results if r[0] is not None]
         if not decided:
             return None, path, gates
         bad = [r for r in decided if r[0] is False]
         chosen = bad[0] if bad else decided[0]
         return (not bad), chosen[1], gates + chosen[2]
+
+    def _trains_ahead(self, f: Func, via: CallSite | None, block: list, idx: int, k: int) -> bool:
+        """The training call's slice of validation data begins where a window scored before it in the
+        same block ends (`score(toks, lo, hi)` then `train(toks[hi:...])`): it trains on the next chunk,
+        which is scored only later (pre-eval TTT one chunk ahead)."""
+        start = self._window(f, via)[0] if via is not None else None
+        if start is None:
+            return False
+        scorers = [c for c in f.calls if len(c.chain) > k and c.chain[k][1] is block and c.chain[k][2] < idx
+                   and self.scores_val(c, f)]
+        return any(_same(start, self._window(f, c)[1]) for c in scorers)
+
+    def _window(self, f: Func, c: CallSite) -> tuple:
+        """(start, end) expressions of the validation tokens a call receives: the bounds of a slice
+        argument (`toks[lo:hi]`), else the two arguments after the tokens (`score(model, toks, lo, hi)`)."""
+        nodes = c.node.args
+        if c.implicit_from is not None or c.star >= 0:
+            return None, None
+        for i, dep in enumerate(c.args):
+            if not self.is_val(f, self.labels(dep, f)):
+                continue
+            a = nodes[i]
+            if isinstance(a, ast.Subscript) and isinstance(a.slice, ast.Slice):
+                return a.slice.lower, a.slice.upper
+            if len(nodes) > i + 2:
+                return nodes[i + 1], nodes[i + 2]
+        return None, None
 
     def _called_in_loop(self, c: CallSite, seen: frozenset) -> bool:
         if any(isinstance(owner, LOOPS) for owner, _, _ in c.chain):
@@ -1251,6 +1416,7 @@ class Program:
             while calls:
                 c = calls.pop()
                 todo.extend(x for x in list(c.args) + list(c.kwargs.values()) + ([c.recv] if c.recv else []))
+            todo.extend(base for base, _ in d.elems)
             for u in d.uses:
                 seen.add(u.name)
                 for df in u.defs:
@@ -1279,6 +1445,10 @@ def _flags(test) -> list[str]:
 _LOG_PREFIX = re.compile(r"^([a-z][a-z0-9_]{1,40}):")
 
 
+def _same(a, b) -> bool:
+    return a is not None and b is not None and ast.dump(a) == ast.dump(b)
+
+
 def _exclusive(chain1: tuple, chain2: tuple) -> bool:
     """The two points sit in different branches of one if/else (or try/except): never both run."""
     for (o1, b1, i1), (o2, b2, i2) in zip(chain1, chain2):
@@ -1304,8 +1474,19 @@ _GENERIC = frozenset({"h", "args", "self", "hp", "hparams", "cfg", "config", "__
                       "get", "getattr", "int", "bool", "float", "str", "len", "isinstance", "any", "all"})
 
 
+def _union(keyed: list) -> dict:
+    """Element labels of several container values merged key by key."""
+    out: dict = {}
+    for part in keyed:
+        for k, m in part.items():
+            out[k] = out.get(k, 0) | m
+    return out
+
+
 def _dep_attrs(dep: Dep, out: set) -> None:
     out.update(dep.attrs)
+    for base, _ in dep.elems:
+        _dep_attrs(base, out)
     for c in dep.calls:
         for sub in list(c.args) + list(c.kwargs.values()) + ([c.recv] if c.recv is not None else []):
             _dep_attrs(sub, out)
@@ -1368,6 +1549,7 @@ def analyse(tree: ast.Module) -> Program:
     prog = Program()
     _Builder(prog).module(tree)
     prog.resolve()
+    prog.fix_shapes()
     prog.fix_summaries()
     prog.fix_contexts()
     prog.fix_effects()

@@ -211,3 +211,50 @@ def test_target_keyed_hash_is_labelled():
     f = next(f for f in prog.funcs if f.name == "keys")
     labels = {d.name: d.labels for d in f.defs}
     assert labels["full"] & K and not labels["ctx"] & K
+
+
+def test_each_element_of_a_split_carries_its_own_labels():
+    prog = program('''
+    SPLITS = ("train", "val")
+
+    def shards(path):
+        return {s: sorted(glob.glob(f"{path}/fineweb_{s}_*.bin")) for s in SPLITS}
+
+    def pair(h):
+        return torch.load(h.train_files), torch.load(h.val_files)
+
+    def main():
+        h = Hyperparameters()
+        files = shards(h.data_path)
+        tr, va = pair(h)
+        first, *rest = pair(h)
+        pats = [f"{h.data_path}/fineweb_{s}_*.bin" for s in ("train", "val")]
+        tr_pat, va_pat = pats
+        tr_files, va_files, whole = files["train"], files["val"], files
+    ''')
+    main = next(f for f in prog.funcs if f.name == "main")
+    labels = {d.name: d.labels & V for d in main.defs}
+    assert labels == {"h": 0, "s": 0, "files": V, "tr": 0, "va": V, "first": V, "rest": V, "pats": V, "tr_pat": 0,
+                      "va_pat": V, "tr_files": 0, "va_files": V, "whole": V}
+
+
+def test_lambdas_called_through_a_container_take_its_arguments():
+    found = sites('''
+    def tune(model, toks, opt):
+        loss = F.cross_entropy(model(toks[:-1]), toks[1:])
+        loss.backward()
+        opt.step()
+
+    def main():
+        h, model = Hyperparameters(), build_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        stream = torch.load(h.val_files)
+        train = torch.load(h.train_files)
+        steps = {"val": lambda m, t: tune(m, t, opt)}
+        warm = lambda m, t: tune(m, t, opt)
+        steps["val"](model, stream)
+        warm(model, train)
+
+    main()
+    ''')
+    assert found == [("tune", "pre-eval", False)]

@@ -28,6 +28,10 @@ def folder_with(record, code: str, name: str, logs: dict | None = None, extra: d
 @pytest.mark.parametrize("illegal,legal,expected", [
     ("pre_eval_ttt", "score_first_ttt", [("ttt.static", "error")]),
     ("minified_pre_eval", "score_first_ttt", [("ttt.static", "error")]),
+    ("next_chunk_ttt", "score_first_ttt", [("ttt.static", "error")]),
+    ("dispatch_pre_eval", "dispatch_score_first", [("ttt.static", "error")]),
+    ("split_dict_pre_eval", "split_dict_train", [("ttt.static", "error")]),
+    ("tuple_split_pre_eval", "tuple_split_train", [("ttt.static", "error")]),
     ("slot", "sliding_eval", [("legal.slot", "error")]),
     ("slot_context", "sliding_eval", [("legal.slot", "warning")]),
     ("ngram_cache", "ngram_tilt", [("legal.mixture", "error"), ("legal.ngram-target", "error")]),
