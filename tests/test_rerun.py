@@ -377,7 +377,9 @@ def _check_full_rerun_reproduces(folder: Path, tiny_data: Path) -> None:
     result = invoke([folder, "--rerun", "--seeds", "1", "--nproc", "2", *data_args, *env, "--format", "json",
                      "--tolerance", "0.002"])
     report = json.loads(result.stdout)
-    (found,) = [f for f in report["findings"] if f["check"] == "rerun.reproduce"]
+    found = [f for f in report["findings"] if f["check"] == "rerun.reproduce"]
+    assert len(found) == 1, (report["findings"], result.output[-4000:])
+    (found,) = found
     assert found["severity"] == "info" and "seed 1 reproduces" in found["message"], found
     assert "submission.json" in found["evidence"]["claim_source"]
     assert [f["severity"] for f in report["findings"] if f["check"] == "rerun.hardware"] == ["warning"]  # CPU
