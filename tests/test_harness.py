@@ -167,7 +167,9 @@ def test_coverage_table_counts_and_explains():
                brief=["single-pass: scored-twice at 8129 (final)"])
     broken = dict(ok, record="c", ran=False, judged=False, not_checked=["not runnable: needs | pipes"],
                   verdicts=dict.fromkeys(ok["verdicts"], "not checked"))
-    text = render_table([ok, bad, broken])
+    warned = dict(bad, record="w", verdicts=dict(ok["verdicts"], **{"probe.single-pass": "warning"}))
+    text = render_table([ok, bad, broken, warned])
     assert "| b | yes | yes | pass | FAIL | pass | pass | 12 | single-pass: scored-twice at 8129 (final) |" in text
+    assert "| w | yes | yes | pass | warn | pass | pass | 12 |" in text
     assert "| c | no | no | n/c | n/c | n/c | n/c | 12 | not runnable: needs / pipes |" in text
-    assert text.endswith("3 record folders: 2 run end to end under the harness, 2 judged by all four probes.")
+    assert text.endswith("4 record folders: 3 run end to end under the harness, 3 judged by all four probes.")

@@ -19,7 +19,7 @@ from verifier.probes import NOT_CHECKED, PROBE_IDS, run_probes
 
 __all__ = ["record_folders", "probe_row", "render_table", "main"]
 
-_SHORT = {"pass": "pass", "fail": "FAIL", NOT_CHECKED: "n/c"}
+_SHORT = {"pass": "pass", "fail": "FAIL", "warning": "warn", NOT_CHECKED: "n/c"}
 
 
 def record_folders(root: Path) -> list[Path]:
