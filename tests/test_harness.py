@@ -4,6 +4,8 @@ contract of a run: a copy, offline, the folder untouched, the reason a script ca
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -86,6 +88,29 @@ def test_public_records_are_planned():
     assert caseops.reads_byte_sidecar and caseops.run_config["CASEOPS_ENABLED"] == "1"
     assert "varlen-lora-ttt" in caseops.profiles and caseops.env["TTT_EVAL_SEQ_LEN"] == "128"
     assert plan_folder(UPSTREAM / "2026-03-19_int6_STE QAT_ MLP_bigram _U_Net").problem
+
+
+PEP701_PAYLOAD = 'xs = ["a", "b"]\nprint(f"{", ".join(xs)} {xs[0]!r:>{len(xs) * 2}}")\nraise SystemExit(f"line {__import__("sys")._getframe().f_lineno}")\n'
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="this Python runs PEP 701 f-strings as written")
+def test_a_script_for_python_312_runs_with_its_fstrings_rewritten_in_the_copy(tmp_path):
+    import base64
+    import lzma
+    import subprocess
+
+    folder, copy = tmp_path / "record", tmp_path / "copy"
+    folder.mkdir()
+    blob = base64.b85encode(lzma.compress(PEP701_PAYLOAD.encode())).decode()
+    (tmp_path / "wrapper.py").write_text(f'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{blob}")))\n')
+    (folder / "train_gpt.py").symlink_to(tmp_path / "wrapper.py")  # a link: the copy must not write through it
+    plan = plan_folder(folder)
+    assert plan.problem is None and "f-strings rewritten for Python" in plan.notes[0]
+    shutil.copytree(folder, copy, symlinks=True)
+    plan.prepare_copy(copy)
+    assert (tmp_path / "wrapper.py").read_text().startswith("import lzma") and not (copy / "train_gpt.py").is_symlink()
+    out = subprocess.run([sys.executable, "train_gpt.py"], cwd=copy, capture_output=True, text=True, timeout=60)
+    assert (out.stdout, out.stderr) == ("a, b  'a'\n", "line 3\n")  # same values, same line numbers
 
 
 # ---------------------------------------------------------------- data

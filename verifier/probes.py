@@ -127,7 +127,8 @@ class ProbeResult:
             "folder": self.folder, "nproc": self.nproc, "position": self.position, "num_tokens": self.num_tokens,
             "seconds": round(self.seconds, 3),
             "script": None if plan is None else {"entry": plan.entry, "vocab": plan.vocab, "profiles": plan.profiles,
-                                                 "run_config": plan.run_config_source, "env": dict(plan.env)},
+                                                 "run_config": plan.run_config_source, "env": dict(plan.env),
+                                                 "notes": list(plan.notes)},
             "probes": {i: {"status": p.status, "message": p.message, "evidence": p.evidence,
                            "problems": [dict(q.evidence(), message=q.message) for q in p.problems]}
                        for i, p in self.probes.items()},

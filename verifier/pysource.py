@@ -16,6 +16,10 @@ included), each placed on the line where it stood, so every line number of the s
 Adjacent string literals around an f-string are joined with `+` (implicit concatenation of a
 tuple is not an expression). The static checks only read names, calls and constants, which the
 rewrite preserves; nothing is ever executed.
+
+`executable_source` is the one rewrite meant to run: the CPU harness gives a 3.10/3.11 host the
+record's script with only its PEP 701 f-strings turned into equivalent older code (same values,
+same line numbers). Both rewrites read f-strings with the same scanner.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
-__all__ = ["Parsed", "parse", "canonical_source", "FStringError", "GRAMMAR"]
+__all__ = ["Parsed", "parse", "canonical_source", "executable_source", "FStringError", "GRAMMAR"]
 
 GRAMMAR = "Python 3.10-3.13 with PEP 701 f-strings"
 
@@ -56,6 +60,17 @@ class FStringError(ValueError):
 
 
 @dataclass
+class _Field:
+    """One replacement field: its (rewritten) expression, conversion, `=` text and format spec."""
+    line: int
+    expr: str
+    conversion: str = ""  # "", "r", "s" or "a"
+    debug: str | None = None  # the source text up to and including '=' of a self-documenting field
+    spec: list | None = None  # raw literal strings and _Field, in order; None without ':'
+    source: str = ""  # the field's text between its braces, as written
+
+
+@dataclass
 class Parsed:
     tree: ast.Module | None
     problem: str | None = None
@@ -69,6 +84,25 @@ def _prefix_quote(m: re.Match) -> tuple[str, str]:
 def _string_at(text: str, i: int) -> re.Match | None:
     m = _TOKEN.match(text, i)
     return m if m is not None and not m.group(0).startswith("#") else None
+
+
+def _skip(text: str, i: int, chars: str) -> int:
+    while i < len(text) and text[i] in chars:
+        i += 1
+    return i
+
+
+def _canonical_parts(parts: list) -> list[tuple[int, str]]:
+    """The tuple elements of the canonical form: each literal run as written, each field's expressions."""
+    out = []
+    for line, part in parts:
+        if isinstance(part, str):
+            out.append((line, repr(part)))
+            continue
+        if part.expr:
+            out.append((line, "(" + part.expr + ")"))
+        out.extend(_canonical_parts([(f.line, f) for f in part.spec or () if isinstance(f, _Field)]))
+    return out
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -85,53 +119,72 @@ class _Rewriter:
     def line(self, offset: int) -> int:
         return bisect.bisect_left(self.newlines, offset) + 1
 
+    wrap_groups = False  # parenthesise a run of adjacent literals that was joined with '+'
+
     def code(self, start: int, end: int | None = None) -> tuple[str, int]:
         """Rewrite text[start:end] (plain code). Returns (output, position reached)."""
         text, out, pos = self.text, [], start
         stop = len(text) if end is None else end
-        prev_str_end, prev_was_f = -1, False
+        prev_end, prev_joined, group = -1, False, None  # group: [index of its first literal in out, end, joined]
         while True:
             m = _TOKEN.search(text, pos, stop)
-            if m is None:
-                out.append(text[pos:stop])
-                return "".join(out), stop
-            if m.group(0).startswith("#"):
+            if m is not None and m.group(0).startswith("#"):
                 out.append(text[pos:m.end()])
                 pos = m.end()
                 continue
-            prefix, quote = _prefix_quote(m)
+            adjacent = m is not None and prev_end >= 0 and _GAP.match(text, prev_end, m.start()) is not None
+            if not adjacent:
+                self.close_group(out, group)
+                group = None
+            if m is None:
+                out.append(text[pos:stop])
+                return "".join(out), stop
             out.append(text[pos:m.start()])
-            body = m.end()
-            adjacent = prev_str_end >= 0 and _GAP.match(text, prev_str_end, m.start()) is not None
-            if "f" in prefix.lower():
-                rendered, end_pos = self.fstring(body, quote, "r" in prefix.lower())
-                if adjacent:
-                    out.append(" + ")
-                out.append(rendered)
-                prev_was_f = True
-            else:
-                em = _PLAIN_END[quote].match(text, body)
-                if em is None:
-                    raise FStringError("unterminated string literal", m.start())
-                end_pos = em.end()
-                if adjacent and prev_was_f:
-                    out.append(" + ")
-                out.append(text[m.start():end_pos])
-                prev_was_f = False
-            prev_str_end = pos = end_pos
+            rendered, end_pos, joined = self.string_token(m)
+            if adjacent and (joined or prev_joined):
+                out.append(" + ")
+                group[2] = True
+            group = group or [len(out), 0, False]
+            out.append(rendered)
+            group[1] = len(out)
+            prev_end, prev_joined, pos = end_pos, joined, end_pos
+
+    def close_group(self, out: list, group: list | None) -> None:
+        if group is not None and group[2] and self.wrap_groups:
+            out.insert(group[1], ")")
+            out.insert(group[0], "(")
+
+    def string_token(self, m: re.Match) -> tuple[str, int, bool]:
+        """(replacement, end, whether the replacement is an expression to join with '+') of the literal m starts."""
+        prefix, quote = _prefix_quote(m)
+        if "f" in prefix.lower():
+            return self.fstring_token(m)
+        em = _PLAIN_END[quote].match(self.text, m.end())
+        if em is None:
+            raise FStringError("unterminated string literal", m.start())
+        return self.text[m.start():em.end()], em.end(), False
+
+    def fstring_token(self, m: re.Match) -> tuple[str, int, bool]:
+        prefix, quote = _prefix_quote(m)
+        return (*self.fstring(m.end(), quote, "r" in prefix.lower()), True)
 
     def fstring(self, i: int, quote: str, raw: bool) -> tuple[str, int]:
         """Rewrite the f-string whose body starts at i. Returns (tuple source, index after it)."""
+        parts, end = self.scan_fstring(i, quote, raw)
+        return self.render(_canonical_parts(parts), self.line(i), self.line(end)), end
+
+    def scan_fstring(self, i: int, quote: str, raw: bool) -> tuple[list, int]:
+        """The parts of the f-string whose body starts at i: (line, raw literal text | _Field), and its end."""
         text, n = self.text, len(self.text)
         start_line = self.line(i)
-        parts: list[tuple[int, str]] = []  # (line, source of one tuple element)
+        parts: list[tuple[int, str | _Field]] = []
         lit: list[str] = []
         lit_line = start_line
         single = len(quote) == 1
 
         def flush():
             if lit:
-                parts.append((lit_line, repr("".join(lit))))
+                parts.append((lit_line, "".join(lit)))
                 lit.clear()
 
         while True:
@@ -139,8 +192,7 @@ class _Rewriter:
                 raise FStringError("unterminated f-string", i)
             if text.startswith(quote, i):
                 flush()
-                end = i + len(quote)
-                return self.render(parts, start_line, self.line(end)), end
+                return parts, i + len(quote)
             c = text[i]
             if c == "\\":
                 if not raw and text.startswith("\\N{", i):
@@ -179,27 +231,43 @@ class _Rewriter:
                 i += 1
 
     def field(self, i: int, parts: list) -> int:
-        """A replacement field starting after '{'; appends its expression(s); returns index after '}'."""
+        """A replacement field starting after '{'; appends it to parts; returns the index after its '}'."""
         text, n = self.text, len(self.text)
-        expr_start = i
-        expr_line = self.line(i)
-        out: list[str] = []
-        depth = 0
+        start, line = i, self.line(i)
+        expr, i = self.field_expr(i)
+        field = _Field(line, expr.strip())
+        if text[i] == "=":  # self-documenting `{x=}`: the text up to '=' (and the spaces after it) is printed
+            i = _skip(text, i + 1, " \t\r\n")
+            field.debug = text[start:i]
+        if i < n and text[i] == "!":
+            field.conversion = text[i + 1:i + 2]
+            i = _skip(text, i + 2, " \t")
+        if i < n and text[i] == ":":
+            field.spec = []
+            i = self.format_spec(i + 1, field.spec)
+        if i >= n or text[i] != "}":
+            raise FStringError("expected '}' in f-string", i)
+        field.source = text[start:i]
+        parts.append((line, field))
+        return i + 1
+
+    def field_expr(self, i: int) -> tuple[str, int]:
+        """The expression of a field starting at i (nested strings rewritten, comments dropped) and the index
+        of the '}', '!', ':' or '=' that ends it."""
+        text, n = self.text, len(self.text)
+        expr_start, out, depth = i, [], 0
         while True:
             if i >= n:
                 raise FStringError("unterminated replacement field in f-string", expr_start)
             c = text[i]
+            if depth == 0 and (c in "}:" or (c == "!" and not text.startswith("!=", i))
+                               or (c == "=" and text[i + 1:i + 2] != "=" and (not out or out[-1][-1:] not in "=<>!"))):
+                return "".join(out), i
             if c in "([{":
                 depth += 1
                 out.append(c)
                 i += 1
-            elif c in ")]":
-                depth -= 1
-                out.append(c)
-                i += 1
-            elif c == "}":
-                if depth == 0:
-                    break
+            elif c in ")]}":
                 depth -= 1
                 out.append(c)
                 i += 1
@@ -210,43 +278,23 @@ class _Rewriter:
                 rendered, end = self.code(i, self.string_end(m))
                 out.append(rendered)
                 i = end
-            elif depth == 0 and c == "!" and not text.startswith("!=", i):
-                i += 2  # conversion !r / !s / !a
-                while i < n and text[i] in " \t":
-                    i += 1
-                break
-            elif depth == 0 and c == ":":
-                break
-            elif depth == 0 and c == "=" and text[i + 1:i + 2] != "=" and (not out or out[-1][-1:] not in "=<>!"):
-                i += 1  # self-documenting `{x=}`: the expression is what precedes '='
-                while i < n and text[i] in " \t\r\n":
-                    i += 1
-                if i < n and text[i] == "!":
-                    i += 2
-                break
             else:
                 m = _EXPR_RUN.match(text, i)
-                if m:
-                    out.append(m.group(0))
-                    i = m.end()
-                else:
-                    out.append(c)
-                    i += 1
-        expr = "".join(out).strip()
-        if expr:
-            parts.append((expr_line, "(" + expr + ")"))
-        if i < n and text[i] == ":":
-            i = self.format_spec(i + 1, parts)
-        if i >= n or text[i] != "}":
-            raise FStringError("expected '}' in f-string", i)
-        return i + 1
+                out.append(m.group(0) if m else c)
+                i = m.end() if m else i + 1
 
-    def format_spec(self, i: int, parts: list) -> int:
+    def format_spec(self, i: int, spec: list) -> int:
+        """The format spec starting at i into spec (literal runs and nested fields); returns the index of '}'."""
         text, n = self.text, len(self.text)
+        start = i
         while i < n:
             c = text[i]
+            if c in "{}" and i > start:
+                spec.append(text[start:i])
             if c == "{":
-                i = self.field(i + 1, parts)
+                fields: list = []
+                i = start = self.field(i + 1, fields)
+                spec.append(fields[0][1])
             elif c == "}":
                 return i
             else:
@@ -264,13 +312,16 @@ class _Rewriter:
         return em.end()
 
     @staticmethod
-    def render(parts: list[tuple[int, str]], start_line: int, end_line: int) -> str:
+    def render(parts: list[tuple[int, str]], start_line: int, end_line: int, join: str = "") -> str:
+        """Each part on its line: a tuple of them (each followed by ', '), or with join, the parts joined by it."""
         out, line = ["("], start_line
-        for part_line, src in parts:
+        for k, (part_line, src) in enumerate(parts):
+            if join and k:
+                out.append(join)
             if part_line > line:
                 out.append("\n" * (part_line - line))
                 line = part_line
-            out.append(src + ", ")
+            out.append(src if join else src + ", ")
             line += src.count("\n")
         if end_line > line:
             out.append("\n" * (end_line - line))
@@ -278,6 +329,77 @@ class _Rewriter:
             out.append("''")
         out.append(")")
         return "".join(out)
+
+
+class _Executable(_Rewriter):
+    """Rewrites only the f-strings that Python 3.10/3.11 reject (see executable_source); copies the rest."""
+
+    wrap_groups = True
+
+    def fstring_token(self, m: re.Match) -> tuple[str, int, bool]:
+        prefix, quote = _prefix_quote(m)
+        raw = "r" in prefix.lower()
+        parts, end = self.scan_fstring(m.end(), quote, raw)
+        if self.legacy(m, parts, end):
+            return self.text[m.start():end], end, False
+        rendered = self.render(_executable_parts(parts, raw), self.line(m.end()), self.line(end), " + ")
+        return rendered, end, True
+
+    def legacy(self, m: re.Match, parts: list, end: int) -> bool:
+        """Whether Python < 3.12 reads this f-string as written: the plain-string end is its end, and no field
+        holds a backslash or '#'."""
+        plain = _PLAIN_END[_prefix_quote(m)[1]].match(self.text, m.end())
+        return plain is not None and plain.end() == end and not any(
+            "\\" in f.source or "#" in f.source for _, f in parts if isinstance(f, _Field))
+
+
+_LITERAL_UNSAFE = re.compile(r"\\.|\r\n?|[\"\n]", re.S)
+
+
+def _value(literal: str, raw: bool) -> str:
+    """The value of an f-string's literal run written as `literal` (escapes processed unless raw)."""
+    if raw:
+        return literal
+    body = _LITERAL_UNSAFE.sub(lambda m: m.group(0) if m.group(0)[0] == "\\" else
+                               '\\"' if m.group(0) == '"' else "\\n", literal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes keep their backslash, as in the f-string
+        return ast.literal_eval('"' + body + '"')
+
+
+def _format_call(field: _Field, raw: bool) -> str:
+    """`'{!r:spec}'.format(expr[, spec])`: str.format applies the conversion and format spec exactly as the
+    f-string would, without looking up a name the script might have rebound (format, repr)."""
+    conversion = field.conversion or ("r" if field.debug is not None and field.spec is None else "")
+    template, args = "{" + ("!" + conversion if conversion else ""), ["(" + field.expr + ")"]
+    spec = field.spec or []
+    fixed = _value("".join(spec), raw) if all(isinstance(p, str) for p in spec) else None
+    if fixed is not None and "{" not in fixed and "}" not in fixed:
+        template += ":" + fixed if fixed else ""
+    else:
+        template += ":{}"
+        args.append(" + ".join(_spec_terms(spec, raw)))
+    call = repr(template + "}") + ".format(" + ", ".join(args) + ")"
+    return call if field.debug is None else repr(field.debug) + " + " + call
+
+
+def _spec_terms(spec: list, raw: bool) -> list[str]:
+    return [repr(_value(p, raw)) if isinstance(p, str) else _format_call(p, raw) for p in spec]
+
+
+def _executable_parts(parts: list, raw: bool) -> list[tuple[int, str]]:
+    return [(line, repr(_value(p, raw)) if isinstance(p, str) else _format_call(p, raw)) for line, p in parts]
+
+
+def executable_source(text: str) -> str:
+    """The source with every f-string that needs Python 3.12 (PEP 701: the delimiting quote, a backslash or a
+    comment inside a field) rewritten into an equivalent expression that Python 3.10 and 3.11 run: literal runs
+    become string constants, each field `'{!conv:spec}'.format(expr)`, joined with '+' (a run of adjacent
+    literals around one is parenthesised). Line numbers are kept; every other f-string is copied as written.
+    The result does not depend on the host."""
+    if "f'" not in text and 'f"' not in text and "F'" not in text and 'F"' not in text:
+        return text
+    return _Executable(text).code(0)[0]
 
 
 def canonical_source(text: str) -> str:

@@ -678,12 +678,15 @@ def rerun_folder(path: str | Path, *, seeds: list[int] | None = None, nproc: int
         track_dir = {t: d for d, t in TRACK_DIRS.items()}.get(track, "records")
         run_dir = tmp / "run" / track_dir / src.resolve().name
         _copy_folder(src, run_dir)
+        plan.prepare_copy(run_dir)
         cmd = [*prefix, sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", plan.entry]
         mode = "smoke (CPU harness, tiny dataset)" if smoke else "full"
         say(f"rerun {shown}: {len(run_seeds)} seed(s) {run_seeds}, {mode}, {nproc} process(es) per seed, "
             f"timeout {timeout_s:g}s, network: {result.network}"
             + (f" ({result.network_note})" if result.network_note else ""))
+        for note in plan.notes:
+            say(note)
         result.seeds = [SeedRun(seed=s, index=i + 1, total=len(run_seeds)) for i, s in enumerate(run_seeds)]
         for run in result.seeds:
             run.claimed = per_seed.get(run.seed)

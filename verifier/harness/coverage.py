@@ -38,7 +38,7 @@ def probe_row(folder: Path, timeout: float = 300) -> dict:
             "verdicts": {pid: result.probes[pid].status for pid in PROBE_IDS},
             "seconds": round(time.perf_counter() - started, 1), "not_checked": reasons, "failed": failed,
             "brief": brief,
-            "profiles": result.plan.profiles if result.plan else []}
+            "profiles": result.plan.profiles if result.plan else [], "notes": result.plan.notes if result.plan else []}
 
 
 def _cell(text: str, limit: int = 160) -> str:

@@ -165,6 +165,7 @@ def run_record(plan: Plan, data: DataDir, work: Path, *, name: str = "run", npro
     work.mkdir(parents=True)
     copy = work / "record"
     copy_record(plan.folder, copy)
+    plan.prepare_copy(copy)
     before = {p.relative_to(copy).as_posix() for p in copy.rglob("*")}
     (copy / DATA_LINK).symlink_to(data.root.resolve(), target_is_directory=True)
     log_dir = work / "logs"

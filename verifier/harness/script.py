@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verifier.folder import golf_pack_smoke_env
+from verifier.pysource import FStringError, executable_source
 from verifier.scripts import unwrap
 
 __all__ = ["Plan", "Knob", "plan_folder", "entry_script", "read_knobs", "load_profiles", "PROFILES_PATH"]
@@ -55,9 +56,18 @@ class Plan:
     vocab: int = 1024
     reads_byte_sidecar: bool = False
     problem: str | None = None  # why the folder cannot be run at all
+    entry_source: str | None = None  # what a copy runs as its entry script instead of the folder's (see _runnable)
+    notes: list[str] = field(default_factory=list)
 
     def reads(self, name: str) -> bool:
         return name in self.knobs
+
+    def prepare_copy(self, copy: Path) -> None:
+        """Put the entry script this Python runs into a copy of the folder (the folder itself is never written)."""
+        if self.entry_source is not None:
+            path = copy / self.entry
+            path.unlink(missing_ok=True)  # a link would write through to the record
+            path.write_text(self.entry_source, encoding="utf-8")
 
 
 def entry_script(folder: Path) -> str | None:
@@ -79,21 +89,36 @@ def _sources(folder: Path, entry: str) -> str:
     return "\n".join(parts)
 
 
-def _compiles(folder: Path, entry: str) -> str | None:
-    """Why the entry script (unwrapped) cannot run on this Python, if it does not compile here; scripts run by
-    another interpreter (GOLF_HARNESS_PYTHON) are not judged by this one."""
+def _runnable(folder: Path, entry: str) -> tuple[str | None, str | None]:
+    """(why the entry script cannot run on this Python, the source to run instead). A script that does not
+    compile here only for its Python 3.12 f-strings (PEP 701) runs unwrapped with those rewritten
+    (verifier.pysource.executable_source). Scripts run by another interpreter (GOLF_HARNESS_PYTHON) are not
+    judged by this one."""
     if os.environ.get("GOLF_HARNESS_PYTHON"):
-        return None
+        return None, None
     text = unwrap((folder / entry).read_text(encoding="utf-8", errors="replace"))[1]
     try:
         compile(text, entry, "exec")
     except SyntaxError as exc:
+        rewritten = _rewritten(text, entry)
+        if rewritten is not None:
+            return None, rewritten
         here = ".".join(map(str, sys.version_info[:2]))
         return (f"not runnable: the script does not compile on Python {here} ({exc.msg}, line {exc.lineno}): it "
-                "was written for a newer Python; set GOLF_HARNESS_PYTHON to one with torch")
+                "was written for a newer Python; set GOLF_HARNESS_PYTHON to one with torch"), None
     except (ValueError, RecursionError, MemoryError) as exc:
-        return f"{NOT_RUNNABLE}the script does not compile: {exc}"
-    return None
+        return f"{NOT_RUNNABLE}the script does not compile: {exc}", None
+    return None, None
+
+
+def _rewritten(text: str, entry: str) -> str | None:
+    """The script with its PEP 701 f-strings rewritten, if that compiles here."""
+    try:
+        source = executable_source(text)
+        compile(source, entry, "exec")
+    except (FStringError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return source
 
 
 def _string_constants(tree: ast.AST) -> dict[str, str]:
@@ -255,7 +280,11 @@ def plan_folder(folder: str | Path, profiles: list[dict] | None = None) -> Plan:
                                                             " and no other training script: nothing to run"))
         return plan
     plan.source = _sources(folder, entry)
-    plan.problem = _compiles(folder, entry)
+    plan.problem, plan.entry_source = _runnable(folder, entry)
+    if plan.entry_source is not None:
+        here = ".".join(map(str, sys.version_info[:2]))
+        plan.notes.append(f"{entry} runs unwrapped, its Python 3.12 f-strings rewritten for Python {here} "
+                          "(same values and line numbers; the record's own file is untouched)")
     plan.knobs = read_knobs(plan.source)
     logged = _logged_config(folder, plan.knobs)
     readme = {} if logged else _readme_config(folder, plan.knobs)
