@@ -445,7 +445,7 @@ SMOKE = {"ITERATIONS": "6", "WARMUP_STEPS": "1", "NUM_LAYERS": "6", "MODEL_DIM":
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [2])  # one process: the #1855/#1868 smoke runs (tests/test_newcomer.py)
+@pytest.mark.parametrize("nproc", [1, 2])
 def test_test_recipe_runs_on_cpu(nproc, frontier_script, tiny8192, tmp_path):
     from tests.test_e2e import run_torchrun, smoke_env
 
