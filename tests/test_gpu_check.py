@@ -99,3 +99,12 @@ def test_a_missing_public_script_is_not_checked_and_fails_the_run(tmp_path, tiny
     assert result.returncode == 1
     (base,) = [s for s in json.loads(out.read_text())["steps"] if s["name"] == "baseline"]
     assert base["status"] == "not checked" and "--prepare" in base["why"]
+
+
+def test_a_pinned_flashattention_that_is_absent_is_seen_before_the_device_run():
+    """On the device the #1855 recipe (pinned fa3) runs with ATTENTION=sdpa only where FlashAttention 3 is not
+    installed, and the result says so; sdpa recipes need nothing."""
+    g = load()
+    fa3 = importlib.util.find_spec("flash_attn_interface") is not None
+    assert g._has_pinned_kernel(ROOT / g.FOLDERS["frontier"]) == fa3
+    assert g._has_pinned_kernel(ROOT / g.FOLDERS["ttt"]) and g._has_pinned_kernel(ROOT / g.FOLDERS["baseline"])
