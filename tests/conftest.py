@@ -1,4 +1,4 @@
-"""Shared fixtures: the repo on sys.path, the tiny dataset, the shared corpus."""
+"""Shared fixtures: the repo on sys.path, the tiny dataset."""
 
 from __future__ import annotations
 
@@ -21,11 +21,3 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     build_tiny_dataset(out)
     return out
-
-
-@pytest.fixture(scope="session")
-def upstream_records() -> Path:
-    path = SHARED / "upstream-records"
-    if not path.is_dir():
-        pytest.skip("../shared/upstream-records is not present beside the repository")
-    return path
