@@ -41,7 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout that is not installed (the device machine)
 
+from packager.recipe import load_recipe  # noqa: E402
 from verifier.harness.proc import LAUNCHER_VARS, OFFLINE_ENV, PROXY_VARS, run_logged  # noqa: E402
+from verifier.harness.run import copy_record  # noqa: E402
+from verifier.logs import parse_log  # noqa: E402
 
 PUBLIC_DEFAULT = ROOT / ".gpu_check" / "public_train_gpt.py"
 UPSTREAM_ROOT_SCRIPT = ROOT.parent / "shared" / "upstream" / "train_gpt.py"
@@ -61,7 +64,6 @@ GPU_STEPS = {"baseline": 120, "ttt": 60, "frontier": 40}
 RERUN_WALLCLOCK_S = {"cuda": 30, "cpu": 0}
 MODE_ENV = {"cuda": {}, "cpu": {"OMP_NUM_THREADS": "1"}}  # on CPU one thread per process, as the harness runs
 TIMEOUT_S = {"cuda": 420.0, "cpu": 300.0}
-STEP_LINE = re.compile(r"step:(\d+)/(\d+)\b.*?step_avg:([\d.]+)ms")
 PATH_LINE = re.compile(r"^((?:attention|doc_attention|fused_kernels|compile)\S*?:.*)$", re.M)
 
 
@@ -110,7 +112,7 @@ def base_env(extra: dict) -> dict:
 def run_script(script: Path, work: Path, env: dict, mode: str) -> Run:
     """script (with the files beside it) copied into work/, run as one torchrun process."""
     env, timeout = dict(MODE_ENV[mode], **env), TIMEOUT_S[mode]
-    shutil.copytree(script.parent, work, ignore=shutil.ignore_patterns("*.log", "logs", "verify", "__pycache__"))
+    copy_record(script.parent, work)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", script.name]
     rc, seconds, timed_out = run_logged(cmd, work, base_env(env), timeout, work / "stdout.txt", work / "stderr.txt")
     out = (work / "stdout.txt").read_text(errors="replace") + (work / "stderr.txt").read_text(errors="replace")
@@ -137,17 +139,6 @@ def run_public_on_cpu(script: Path, work: Path, data: dict, timeout: float) -> t
 
 
 # -- reading what a run printed ---------------------------------------------------------------------------------
-
-
-def step_avg_ms(out: str) -> float | None:
-    """The step_avg of the last step line (train_time over the steps after warmup, as both scripts print it)."""
-    found = STEP_LINE.findall(out)
-    return float(found[-1][2]) if found else None
-
-
-def result_json(out: str) -> dict | None:
-    lines = [line.split("golf_result_json:", 1)[1] for line in out.splitlines() if "golf_result_json:" in line]
-    return json.loads(lines[-1]) if lines else None
 
 
 def kernel_paths(out: str) -> list[str]:
@@ -197,7 +188,7 @@ def step_baseline(mode: str, work: Path, data: dict, public: Path) -> Step:
     for name, run in (("public", pub), ("rendered", ours)):
         if not run.ok:
             return step.fail(f"{name} script: {run.why()}")
-    a, b = step_avg_ms(ours.out), step_avg_ms(pub.out)
+    a, b = parse_log(ours.out).step_avg_ms, parse_log(pub.out).step_avg_ms
     if a is None or b is None:
         return step.fail("no step_avg line in " + ("the rendered" if a is None else "the public") + " script's output")
     step.status = "ok"
@@ -219,7 +210,7 @@ def step_recipe(name: str, mode: str, work: Path, data: dict, say) -> Step:
     t0 = time.perf_counter()
     run = run_script(folder / "train_gpt.py", work / name, env, mode)
     step.seconds = round(time.perf_counter() - t0, 1)
-    result = result_json(run.out)
+    result = parse_log(run.out).golf_result
     if not run.ok or result is None:
         return step.fail(run.why() if not run.ok else "no golf_result_json line: the run did not reach its end")
     step.status = "ok"
@@ -235,19 +226,19 @@ def _has_pinned_kernel(folder: Path) -> bool:
     """Whether the FlashAttention the folder's recipe pins is importable here (sdpa needs none)."""
     import importlib.util
 
-    pin = re.search(r"^\s*attention:\s*(\w+)", (folder / "recipe.yaml").read_text(), re.M)
-    module = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}.get(pin.group(1) if pin else "sdpa")
+    pin = load_recipe(folder / "recipe.yaml").values["attention"]
+    module = {"fa3": "flash_attn_interface", "fa2": "flash_attn"}.get(pin)
     return module is None or importlib.util.find_spec(module) is not None
 
 
 def step_rerun(mode: str, work: Path, data: dict) -> Step:
     step = Step("rerun")
     folder = work / "rerun_folder"
-    shutil.copytree(ROOT / FOLDERS["baseline"], folder, ignore=shutil.ignore_patterns("verify", "*.log"))
+    copy_record(ROOT / FOLDERS["baseline"], folder)
     paths = data["sp1024"]
-    seed = re.search(r"^seeds:\s*\[\s*(\d+)", (folder / "recipe.yaml").read_text(), re.M)
+    seed = load_recipe(folder / "recipe.yaml").seeds[0]
     cmd = [sys.executable, "-c", "import sys; from verifier.cli import main; sys.exit(main())", str(folder),
-           "--rerun", "--nproc", "1", "--seeds", seed.group(1) if seed else "1337", "--format", "json",
+           "--rerun", "--nproc", "1", "--seeds", str(seed), "--format", "json",
            "--data-path", paths["data_path"], "--tokenizer-path", paths["tokenizer_path"]]
     cmd += ["--smoke"] if mode == "cpu" else ["--env", f"MAX_WALLCLOCK_SECONDS={RERUN_WALLCLOCK_S[mode]}"]
     t0 = time.perf_counter()
