@@ -101,3 +101,4 @@ def test_artifact_size_at_full_size(name):
     sd = C.export_state(name, C.SHARED, 0.02, blocks=None)
     blob, stats = export_model(C.our_args(name, False), sd)
     print(f"{name}: {len(blob):,} bytes (raw {stats['raw_bytes']:,})")
+    assert stats["compressed_bytes"] == len(blob) < stats["raw_bytes"]
